@@ -1,0 +1,72 @@
+"""Registry keys, result keys and loss names: the one place where unitednet's string constants live."""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+
+class _RegistryKeys(NamedTuple):
+    LABELS_KEY: str = "labels"
+    BATCH_KEY: str = "batch"
+    MODALITY_PREFIX: str = "X_"
+
+
+class _ResultKeys(NamedTuple):
+    LATENT: str = "X_unitednet"
+    GROUP: str = "unitednet_group"
+    GROUP_PROBA: str = "unitednet_group_proba"
+    PREDICTION_PREFIX: str = "unitednet_from_"
+    RELEVANCE: str = "unitednet_relevance"
+    UNS: str = "unitednet"
+    SPLIT: str = "unitednet_split"
+
+
+REGISTRY_KEYS = _RegistryKeys()
+RESULT_KEYS = _ResultKeys()
+
+LOSS_NAMES = (
+    "classification",
+    "ddc",
+    "self_entropy",
+    "reconstruction",
+    "translation",
+    "generator",
+    "discriminator",
+    "contrastive",
+)
+"""Every loss term; each has a weight in ``loss_weights``."""
+
+DEFAULT_LOSS_WEIGHTS = {
+    "classification": 1.0,
+    "ddc": 0.1,
+    "self_entropy": 0.1,
+    "reconstruction": 1.0,
+    "translation": 1.0,
+    "generator": 0.1,
+    "discriminator": 0.1,
+    "contrastive": 1.0,
+}
+"""The published defaults: 1 for every loss except the adversarial and clustering terms (0.1)."""
+
+Likelihood = Literal["gaussian", "bernoulli"]
+Task = Literal["supervised", "unsupervised", "translation"]
+Objective = Literal["translation", "classification", "clustering"]
+
+OBJECTIVE_LOSSES: dict[str, tuple[str, ...]] = {
+    "translation": ("contrastive", "reconstruction", "translation", "generator", "discriminator"),
+    "classification": ("classification",),
+    "clustering": ("ddc", "self_entropy", "reconstruction"),
+}
+"""Loss terms optimised by each training objective."""
+
+TASK_OBJECTIVES: dict[str, tuple[str, ...]] = {
+    "supervised": ("translation", "classification"),
+    "unsupervised": ("translation", "clustering"),
+    "translation": ("translation",),
+}
+"""Default order of the alternating objectives of each task."""
+
+
+def modality_key(modality: str) -> str:
+    """Registry key under which a modality's data matrix is registered."""
+    return f"{REGISTRY_KEYS.MODALITY_PREFIX}{modality}"

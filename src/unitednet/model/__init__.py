@@ -1,0 +1,5 @@
+"""UnitedNet models (scvi-tools ``BaseModelClass``)."""
+
+from ._model import UnitedNetModel
+
+__all__ = ["UnitedNetModel"]

@@ -1,0 +1,667 @@
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import rich.pretty  # noqa: F401  (scvi's view_anndata_setup needs it imported with rich >= 15)
+import torch
+from mudata import MuData
+from scipy import sparse
+from scvi import settings
+from scvi.data import AnnDataManager, fields
+from scvi.data._constants import _SETUP_ARGS_KEY
+from scvi.model.base import BaseModelClass
+from scvi.train import TrainRunner
+
+from .._constants import (
+    LOSS_NAMES,
+    OBJECTIVE_LOSSES,
+    REGISTRY_KEYS,
+    RESULT_KEYS,
+    TASK_OBJECTIVES,
+    Likelihood,
+    Task,
+    modality_key,
+)
+from ..module import UnitedNetModule
+from ..train import UnitedNetDataModule, UnitedNetTrainingPlan, stratified_split
+from ._validation import check_finite, check_modalities, check_mudata, is_binary
+
+logger = logging.getLogger(__name__)
+
+
+class UnitedNetModel(BaseModelClass):
+    """UnitedNet: explainable multi-task learning on paired multi-modal single-cell data.
+
+    One encoder per modality maps cells into a shared latent space; learnable weights fuse the modality latents;
+    group heads on the fused latent classify cells (supervised) or cluster them (unsupervised); one decoder per
+    modality decodes every modality's latent, which gives reconstruction and cross-modal translation. Adversarial
+    and contrastive losses refine the latents. Objectives alternate each epoch, each with its own optimizer.
+
+    Parameters
+    ----------
+    mdata
+        MuData registered with :meth:`setup_mudata`.
+    n_latent
+        Dimension of the shared latent space.
+    n_hidden
+        Width of the hidden layers.
+    n_layers
+        Hidden layers of the encoders and decoders.
+    dropout_rate
+        Dropout in hidden layers.
+    use_batch_norm
+        Batch normalisation in hidden layers.
+    fusion
+        ``"modality"``: one fusion weight per modality; ``"feature"``: one per modality and latent dimension.
+    n_heads
+        Group heads trained in parallel; the one with the lowest recent loss predicts.
+    n_groups
+        Number of groups. Defaults to the number of label categories when ``labels_key`` was registered, else 0
+        (translation only). Set it for unsupervised group identification.
+    loss_weights
+        Weights of the loss terms, keyed by name (``classification``, ``ddc``, ``self_entropy``, ``reconstruction``,
+        ``translation``, ``generator``, ``discriminator``, ``contrastive``); omitted terms keep the published
+        defaults (1, except 0.1 for ``ddc``, ``self_entropy``, ``generator`` and ``discriminator``).
+    standardize
+        Centre and scale each gaussian modality per feature with statistics of the training cells only (stored in
+        the model, applied to any data it later reads, undone on predicted profiles). ``True``/``False`` for all
+        gaussian modalities or a mapping per modality.
+    contrastive_temperature
+        Temperature of the contrastive loss.
+    use_latent_projector
+        Whether the contrastive loss acts on an MLP projection of the latents.
+
+    Examples
+    --------
+    >>> import unitednet
+    >>> mdata = unitednet.datasets.patchseq()
+    >>> unitednet.model.UnitedNetModel.setup_mudata(mdata, labels_key="cell_type_TEM")
+    >>> model = unitednet.model.UnitedNetModel(mdata)
+    >>> model.train("supervised", max_epochs=100)
+    >>> mdata.obsm["X_unitednet"] = model.get_latent_representation()
+    """
+
+    _module_cls = UnitedNetModule
+    _training_plan_cls = UnitedNetTrainingPlan
+
+    def __init__(
+        self,
+        mdata: MuData,
+        n_latent: int = 32,
+        n_hidden: int = 256,
+        n_layers: int = 2,
+        dropout_rate: float = 0.1,
+        use_batch_norm: bool = True,
+        fusion: Literal["modality", "feature"] = "modality",
+        n_heads: int = 1,
+        n_groups: int | None = None,
+        loss_weights: Mapping[str, float] | None = None,
+        standardize: bool | Mapping[str, bool] = True,
+        contrastive_temperature: float = 0.1,
+        use_latent_projector: bool = True,
+    ):
+        super().__init__(mdata)
+        for name, value in {"n_latent": n_latent, "n_hidden": n_hidden, "n_heads": n_heads}.items():
+            if int(value) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}.")
+        if n_layers < 0:
+            raise ValueError(f"n_layers must be >= 0, got {n_layers}.")
+        if not 0 <= dropout_rate < 1:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}.")
+        unknown = sorted(set(loss_weights or {}) - set(LOSS_NAMES))
+        if unknown:
+            raise KeyError(f"Unknown loss weights {unknown}; valid names are {list(LOSS_NAMES)}.")
+        if any(w < 0 for w in (loss_weights or {}).values()):
+            raise ValueError("Loss weights must be non-negative.")
+        if n_groups is None:
+            n_groups = self.n_labels if self.labels_key is not None else 0
+        if n_groups == 1:
+            raise ValueError("n_groups must be 0 (translation only) or at least 2.")
+        self._standardize = self._resolve_per_modality(standardize, "standardize", bool)
+
+        self.module = self._module_cls(
+            n_features={m: self.n_features(m) for m in self.modalities},
+            likelihoods=self.likelihoods,
+            n_groups=n_groups,
+            n_latent=n_latent,
+            n_hidden=n_hidden,
+            n_layers=n_layers,
+            dropout_rate=dropout_rate,
+            use_batch_norm=use_batch_norm,
+            fusion=fusion,
+            n_heads=n_heads,
+            loss_weights=loss_weights,
+            contrastive_temperature=contrastive_temperature,
+            use_latent_projector=use_latent_projector,
+        )
+        self.task_: str | None = None
+        self.split_: np.ndarray | None = None
+        self._model_summary_string = (
+            f"UnitedNetModel over modalities {self.modalities} "
+            f"({', '.join(f'{m}: {self.n_features(m)} {self.likelihoods[m]}' for m in self.modalities)}), "
+            f"n_latent={n_latent}, n_groups={n_groups}, n_heads={n_heads}, fusion={fusion!r}"
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+    # ------------------------------------------------------------------ set-up
+    @classmethod
+    def setup_anndata(cls, adata, **kwargs):
+        """Not supported: UnitedNet works on a MuData; use :meth:`setup_mudata`."""
+        raise NotImplementedError(
+            "UnitedNetModel needs a MuData with one modality per data type; wrap your AnnData with "
+            "`mudata.MuData({'rna': adata})` and call `UnitedNetModel.setup_mudata`."
+        )
+
+    @classmethod
+    def setup_mudata(
+        cls,
+        mdata: MuData,
+        *,
+        modalities: Sequence[str] | None = None,
+        layers: Mapping[str, str | None] | None = None,
+        likelihoods: Mapping[str, Likelihood] | None = None,
+        labels_key: str | None = None,
+        batch_key: str | None = None,
+        **kwargs,
+    ) -> None:
+        """Register a MuData for UnitedNet.
+
+        Parameters
+        ----------
+        mdata
+            MuData whose modalities hold the same cells in the same order.
+        modalities
+            Names of the modalities to use (any number >= 1); all of ``mdata.mod`` by default.
+        layers
+            Layer to read per modality (``None`` or a missing entry: ``.X``).
+        likelihoods
+            ``"bernoulli"`` (binary data, sigmoid output, BCE loss) or ``"gaussian"`` (identity output, MSE loss) per
+            modality. Missing entries are inferred: bernoulli when every value is 0 or 1, gaussian otherwise.
+        labels_key
+            Column of ``mdata.obs`` with cell labels (needed for supervised training and to stratify splits).
+        batch_key
+            Column of ``mdata.obs`` with the batch of each cell; splits are stratified by it.
+        **kwargs
+            Passed to :meth:`scvi.data.AnnDataManager.register_fields`.
+
+        Returns
+        -------
+        None. As every scvi-tools model, registration adds ``mdata.obs["_scvi_labels"]``,
+        ``mdata.obs["_scvi_batch"]`` (integer codes), ``mdata.uns["_scvi_uuid"]`` and
+        ``mdata.uns["_scvi_manager_uuid"]``; nothing else is changed.
+        """
+        setup_method_args = cls._get_setup_method_args(**locals())
+        check_mudata(mdata)
+        modalities = list(mdata.mod) if modalities is None else list(modalities)
+        if not modalities:
+            raise ValueError("Give at least one modality.")
+        if len(set(modalities)) != len(modalities):
+            raise ValueError(f"Modalities are listed twice: {modalities}.")
+        check_modalities(mdata, modalities)
+        layers = dict(layers or {})
+        likelihoods = dict(likelihoods or {})
+        for arg, mapping in (("layers", layers), ("likelihoods", likelihoods)):
+            extra = sorted(set(mapping) - set(modalities))
+            if extra:
+                raise KeyError(f"`{arg}` names modalities {extra} that are not being set up ({modalities}).")
+        resolved: dict[str, str] = {}
+        for m in modalities:
+            adata = mdata.mod[m]
+            layer = layers.get(m)
+            if layer is not None and layer not in adata.layers:
+                raise KeyError(
+                    f"Layer {layer!r} not found in modality {m!r}; available layers: {list(adata.layers)}. "
+                    "Pass layers={'" + m + "': None} to use .X."
+                )
+            X = adata.X if layer is None else adata.layers[layer]
+            where = f"Modality {m!r} ({'X' if layer is None else 'layer ' + repr(layer)})"
+            check_finite(X, where)
+            lik = likelihoods.get(m)
+            if lik is None:
+                lik = "bernoulli" if is_binary(X) else "gaussian"
+            elif lik not in ("bernoulli", "gaussian"):
+                raise ValueError(f"Likelihood of {m!r} must be 'bernoulli' or 'gaussian', got {lik!r}.")
+            elif lik == "bernoulli" and not is_binary(X):
+                raise ValueError(
+                    f"{where} is declared 'bernoulli' but holds values other than 0 and 1. Binarise it first "
+                    f"(e.g. `mdata.mod['{m}'].layers['binary'] = (X > 0).astype('float32')` and layers="
+                    f"{{'{m}': 'binary'}}) or use likelihoods={{'{m}': 'gaussian'}}."
+                )
+            resolved[m] = lik
+        for key, name in ((labels_key, "labels_key"), (batch_key, "batch_key")):
+            if key is None:
+                continue
+            if key not in mdata.obs:
+                raise KeyError(
+                    f"{name}={key!r} is not a column of mdata.obs; available: {list(mdata.obs.columns)}. "
+                    "Columns of a modality's obs are pulled to mdata.obs with `mdata.pull_obs()`."
+                )
+            if mdata.obs[key].isna().any():
+                n = int(mdata.obs[key].isna().sum())
+                raise ValueError(f"mdata.obs[{key!r}] has {n} missing values; drop those cells or fill the column.")
+        setup_method_args[_SETUP_ARGS_KEY].update(
+            modalities=modalities, layers={m: layers.get(m) for m in modalities}, likelihoods=resolved
+        )
+        mudata_fields = [
+            fields.MuDataLayerField(modality_key(m), layers.get(m), mod_key=m, is_count_data=False, mod_required=True)
+            for m in modalities
+        ]
+        mudata_fields += [
+            fields.MuDataCategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
+            fields.MuDataCategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+        ]
+        adata_manager = AnnDataManager(fields=mudata_fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(mdata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    # ------------------------------------------------------------------ registry views
+    @property
+    def _setup_args(self) -> dict:
+        return self.adata_manager.registry[_SETUP_ARGS_KEY]
+
+    @property
+    def modalities(self) -> list[str]:
+        """Registered modality names, in model order."""
+        return list(self._setup_args["modalities"])
+
+    @property
+    def likelihoods(self) -> dict[str, str]:
+        """Likelihood of each modality."""
+        return dict(self._setup_args["likelihoods"])
+
+    @property
+    def labels_key(self) -> str | None:
+        """Registered labels column (or ``None``)."""
+        return self._setup_args["labels_key"]
+
+    @property
+    def n_labels(self) -> int:
+        """Number of label categories (1 when no labels were registered)."""
+        return len(self.label_categories)
+
+    @property
+    def label_categories(self) -> np.ndarray:
+        """Label categories in the order of the group heads' outputs (supervised)."""
+        return np.asarray(self.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY).categorical_mapping)
+
+    @property
+    def group_names(self) -> list[str]:
+        """Names of the model's groups: label names after supervised training, else ``"0"``, ``"1"``, ..."""
+        if self.task_ == "supervised":
+            return [str(c) for c in self.label_categories]
+        return [str(i) for i in range(self.module.n_groups)]
+
+    def n_features(self, modality: str) -> int:
+        """Number of features of a registered modality."""
+        return len(self.var_names(modality))
+
+    def var_names(self, modality: str) -> pd.Index:
+        """Feature names of a registered modality."""
+        return pd.Index(self.adata_manager.get_state_registry(modality_key(modality)).column_names)
+
+    def _resolve_per_modality(self, value, name: str, kind: type) -> dict:
+        if isinstance(value, kind):
+            return dict.fromkeys(self.modalities, value)
+        unknown = sorted(set(value) - set(self.modalities))
+        if unknown:
+            raise KeyError(f"`{name}` names unknown modalities {unknown}; registered: {self.modalities}.")
+        return {m: value.get(m, True) for m in self.modalities}
+
+    # ------------------------------------------------------------------ data access
+    def _matrix(self, mdata: MuData, modality: str):
+        """The registered layer of one modality of ``mdata``, with its columns in model order."""
+        adata = mdata.mod[modality]
+        layer = self._setup_args["layers"].get(modality)
+        if layer is not None and layer not in adata.layers:
+            raise KeyError(f"Modality {modality!r} of the query has no layer {layer!r} (the model reads that layer).")
+        X = adata.X if layer is None else adata.layers[layer]
+        names = self.var_names(modality)
+        if adata.var_names.equals(names):
+            return X
+        missing = names.difference(adata.var_names)
+        if len(missing):
+            raise ValueError(
+                f"Modality {modality!r} lacks {len(missing)} of the model's features (e.g. {list(missing[:5])}). "
+                f"Give it the training features: `mdata.mod['{modality}'][:, model.var_names('{modality}')]`."
+            )
+        return X[:, adata.var_names.get_indexer(names)]
+
+    def _resolve_mdata(self, mdata: MuData | None, modalities: Sequence[str]) -> MuData:
+        if mdata is None:
+            return self.adata
+        check_mudata(mdata)
+        unknown = [m for m in modalities if m not in self.modalities]
+        if unknown:
+            raise KeyError(f"Modalities {unknown} are not registered in the model; registered: {self.modalities}.")
+        check_modalities(mdata, modalities)
+        return mdata
+
+    def _available(self, mdata: MuData | None) -> list[str]:
+        present = self.modalities if mdata is None else [m for m in self.modalities if m in mdata.mod]
+        if not present:
+            raise ValueError(
+                f"The query MuData has none of the model's modalities {self.modalities} (it has {list(mdata.mod)})."
+            )
+        return present
+
+    def _batches(
+        self, mdata: MuData, modalities: Sequence[str], batch_size: int | None, indices: Sequence[int] | None = None
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Minibatches of dense float32 tensors, one per modality; sparse matrices are densified per batch only."""
+        matrices = {m: self._matrix(mdata, m) for m in modalities}
+        if mdata is not self.adata:
+            for m, X in matrices.items():
+                check_finite(X, f"Query modality {m!r}")
+        idx = np.arange(mdata.n_obs) if indices is None else np.asarray(indices)
+        batch_size = batch_size or settings.batch_size
+        device = self.device
+        for start in range(0, len(idx), batch_size):
+            rows = idx[start : start + batch_size]
+            out = {}
+            for m, X in matrices.items():
+                block = X[rows]
+                block = block.toarray() if sparse.issparse(block) else np.asarray(block)
+                out[m] = torch.as_tensor(block, dtype=torch.float32, device=device)
+            yield out
+
+    def _check_trained(self) -> None:
+        if not self.is_trained_:
+            raise RuntimeError("The model is not trained yet; call `model.train(...)` first.")
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        task: Task = "supervised",
+        *,
+        objective_order: Sequence[str] | None = None,
+        max_epochs: int = 200,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        train_size: float = 0.9,
+        validation_size: float | None = None,
+        split_key: str | None = None,
+        early_stopping: bool = False,
+        early_stopping_patience: int = 30,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        plan_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ) -> None:
+        """Train the model, keeping the weights with the best validation loss.
+
+        Parameters
+        ----------
+        task
+            ``"supervised"``: group heads learn the registered labels (translation then classification objective
+            each epoch); ``"unsupervised"``: group heads cluster the cells (translation then clustering objective);
+            ``"translation"``: cross-modal prediction and joint embedding only.
+        objective_order
+            Objectives per epoch, in order, overriding the task's default, e.g. ``("classification", "translation")``
+            (the published "fine-tuning" order).
+        max_epochs
+            Epochs; each is one pass over the training cells per objective.
+        batch_size
+            Minibatch size.
+        lr
+            Learning rate of every objective's Adam optimizer.
+        weight_decay
+            L2 weight decay.
+        train_size
+            Fraction of cells for training.
+        validation_size
+            Fraction of cells for validation (model selection and best-head choice); default ``1 - train_size``.
+            The remaining cells form a test set that training never reads. Splits are stratified by labels
+            (supervised) and batch when those are registered.
+        split_key
+            Column of ``mdata.obs`` with ``"train"``, ``"validation"`` or ``"test"`` per cell, overriding
+            ``train_size`` / ``validation_size``.
+        early_stopping
+            Stop when the validation loss has not improved for ``early_stopping_patience`` epochs.
+        early_stopping_patience
+            Patience of early stopping, in epochs.
+        accelerator, devices
+            Lightning accelerator and devices.
+        plan_kwargs
+            Keyword arguments of :class:`~unitednet.train.UnitedNetTrainingPlan` (e.g. ``gradient_clip_norm``,
+            ``head_selection_window``).
+        **trainer_kwargs
+            Passed to :class:`scvi.train.Trainer` (e.g. ``enable_progress_bar``).
+
+        Returns
+        -------
+        None. Writes ``mdata.obs["unitednet_split"]`` (categorical: train / validation / test) on the registered
+        MuData and sets :attr:`history` (every loss term per epoch, ``*_train`` and ``*_validation``).
+        """
+        if task not in TASK_OBJECTIVES:
+            raise ValueError(f"task must be one of {list(TASK_OBJECTIVES)}, got {task!r}.")
+        objectives = list(objective_order) if objective_order is not None else list(TASK_OBJECTIVES[task])
+        bad = [o for o in objectives if o not in OBJECTIVE_LOSSES]
+        if bad or not objectives or len(set(objectives)) != len(objectives):
+            raise ValueError(f"objective_order must list distinct objectives of {list(OBJECTIVE_LOSSES)}; got {objectives}.")
+        needs_heads = {"classification", "clustering"} & set(objectives)
+        if needs_heads and self.module.heads is None:
+            raise ValueError(
+                f"Objectives {sorted(needs_heads)} need group heads, but the model has n_groups=0. Register labels "
+                "with setup_mudata(labels_key=...) or create the model with n_groups=K."
+            )
+        if task == "supervised" or "classification" in objectives:
+            if self.labels_key is None:
+                raise ValueError("Supervised training needs labels: call setup_mudata(..., labels_key='cell_type').")
+            if self.module.n_groups != self.n_labels:
+                raise ValueError(
+                    f"The model has n_groups={self.module.n_groups} but the labels have {self.n_labels} categories; "
+                    "create the model without n_groups for supervised training."
+                )
+        if validation_size is None:
+            validation_size = 1.0 - train_size
+        train_idx, val_idx, test_idx = self._split(train_size, validation_size, split_key, supervised=task == "supervised")
+        if len(train_idx) < 2:
+            raise ValueError(f"Only {len(train_idx)} training cells; increase train_size.")
+
+        self._fit_standardization(train_idx)
+        if self.module.heads is not None and self.labels_key is not None:
+            self._fit_class_weights(train_idx)
+
+        split = np.full(self.adata.n_obs, "test", dtype=object)
+        split[train_idx] = "train"
+        split[val_idx] = "validation"
+        self.split_ = split.astype(str)
+        self.adata.obs[RESULT_KEYS.SPLIT] = pd.Categorical(split, categories=["train", "validation", "test"])
+
+        data_module = UnitedNetDataModule(
+            self.adata_manager, train_idx, val_idx, test_idx, n_objectives=len(objectives), batch_size=batch_size
+        )
+        plan = self._training_plan_cls(self.module, objectives, lr=lr, weight_decay=weight_decay, **(plan_kwargs or {}))
+        if len(val_idx):
+            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        elif early_stopping:
+            raise ValueError("early_stopping needs validation cells; set validation_size > 0.")
+        trainer_kwargs.setdefault("log_every_n_steps", 1)
+        runner = TrainRunner(
+            self,
+            training_plan=plan,
+            data_splitter=data_module,
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            early_stopping=early_stopping,
+            early_stopping_monitor="validation_loss",
+            early_stopping_patience=early_stopping_patience,
+            **trainer_kwargs,
+        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*number of training batches.*")
+            runner()
+        self.task_ = task
+        self.best_epoch_ = plan.best_epoch
+
+    def _split(self, train_size: float, validation_size: float, split_key: str | None, supervised: bool):
+        if split_key is not None:
+            if split_key not in self.adata.obs:
+                raise KeyError(f"split_key={split_key!r} is not a column of mdata.obs.")
+            values = self.adata.obs[split_key].astype(str).to_numpy()
+            bad = sorted(set(values) - {"train", "validation", "test"})
+            if bad:
+                raise ValueError(f"mdata.obs[{split_key!r}] must hold 'train', 'validation' or 'test'; found {bad}.")
+            return tuple(np.flatnonzero(values == s) for s in ("train", "validation", "test"))
+        strata = None
+        parts = []
+        if supervised and self.labels_key is not None:
+            parts.append(self.adata.obs[self.labels_key].astype(str).to_numpy())
+        batch_key = self._setup_args["batch_key"]
+        if batch_key is not None:
+            parts.append(self.adata.obs[batch_key].astype(str).to_numpy())
+        if parts:
+            strata = parts[0] if len(parts) == 1 else np.char.add(np.char.add(parts[0], "|"), parts[1])
+            if train_size < 1:
+                values, counts = np.unique(strata, return_counts=True)
+                if (counts < 2).any():
+                    singles = list(values[counts < 2][:5])
+                    raise ValueError(
+                        f"Cannot stratify the split: {int((counts < 2).sum())} label/batch group(s) have a single cell "
+                        f"(e.g. {singles}). Remove or merge those labels, or pass split_key with your own split."
+                    )
+        seed = settings.seed if settings.seed is not None else 0
+        return stratified_split(self.adata.n_obs, train_size, validation_size, strata, seed=seed)
+
+    def _fit_standardization(self, train_idx: np.ndarray) -> None:
+        for m in self.modalities:
+            if self.likelihoods[m] != "gaussian" or not self._standardize[m]:
+                continue
+            X = self._matrix(self.adata, m)[train_idx]
+            if sparse.issparse(X):
+                mean = np.asarray(X.mean(0)).ravel()
+                var = np.asarray(X.multiply(X).mean(0)).ravel() - mean**2
+            else:
+                X = np.asarray(X, dtype=np.float64)
+                mean, var = X.mean(0), X.var(0)
+            std = np.sqrt(np.clip(var, 0, None))
+            std[std < 1e-6] = 1.0
+            self.module.set_standardization(m, torch.as_tensor(mean), torch.as_tensor(std))
+
+    def _fit_class_weights(self, train_idx: np.ndarray) -> None:
+        codes = self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)
+        codes = np.asarray(codes).ravel()[train_idx].astype(int)
+        counts = np.bincount(codes, minlength=self.module.n_groups).astype(float)
+        weights = np.where(counts > 0, counts.sum() / (self.module.n_groups * np.maximum(counts, 1)), 0.0)
+        self.module.class_weights.copy_(torch.as_tensor(weights, dtype=torch.float32))
+
+    @property
+    def history(self) -> dict[str, pd.DataFrame]:
+        """Every logged loss term per epoch (``<term>_train``, ``<term>_validation``, ``validation_loss``)."""
+        return self.history_
+
+    # ------------------------------------------------------------------ outputs
+    @torch.inference_mode()
+    def get_latent_representation(
+        self, mdata: MuData | None = None, *, modality: str | None = None, batch_size: int | None = None
+    ) -> np.ndarray:
+        """Fused latent of each cell, or one modality's latent.
+
+        Parameters
+        ----------
+        mdata
+            MuData to embed (the registered one by default). It may hold any subset of the model's modalities;
+            the fused latent then fuses those present with renormalised weights.
+        modality
+            Return this modality's latent instead of the fused one.
+        batch_size
+            Minibatch size.
+
+        Returns
+        -------
+        Array of shape cells x ``n_latent``.
+        """
+        self._check_trained()
+        mods = [modality] if modality is not None else self._available(mdata)
+        mdata = self._resolve_mdata(mdata, mods)
+        self.module.eval()
+        out = []
+        for x in self._batches(mdata, mods, batch_size):
+            inf = self.module.inference(x)
+            out.append((inf["z"][modality] if modality is not None else inf["z_fused"]).cpu().numpy())
+        return np.concatenate(out)
+
+    @torch.inference_mode()
+    def predict_labels(
+        self, mdata: MuData | None = None, *, return_proba: bool = False, batch_size: int | None = None
+    ) -> np.ndarray | pd.DataFrame:
+        """Predicted group of each cell from the best group head.
+
+        Parameters
+        ----------
+        mdata
+            MuData to predict (the registered one by default); any subset of the model's modalities.
+        return_proba
+            Return the group probabilities (cells x groups DataFrame) instead of the groups.
+        batch_size
+            Minibatch size.
+
+        Returns
+        -------
+        Label names (supervised) or group ids ``"0"``, ``"1"``, ... (unsupervised) per cell; or the probabilities.
+        """
+        self._check_trained()
+        if self.module.heads is None:
+            raise ValueError("This model has no group heads (n_groups=0); it predicts modalities and latents only.")
+        mods = self._available(mdata)
+        mdata = self._resolve_mdata(mdata, mods)
+        self.module.eval()
+        probs = np.concatenate(
+            [
+                torch.softmax(self.module.group_logits(self.module.inference(x)["z_fused"]), 1).cpu().numpy()
+                for x in self._batches(mdata, mods, batch_size)
+            ]
+        )
+        names = self.group_names
+        if return_proba:
+            return pd.DataFrame(probs, index=mdata.obs_names.copy(), columns=names)
+        return np.asarray(names, dtype=object)[probs.argmax(1)].astype(str)
+
+    @torch.inference_mode()
+    def predict_modality(
+        self, mdata: MuData | None = None, *, source: str, target: str, batch_size: int | None = None
+    ) -> np.ndarray:
+        """Translate one modality into another.
+
+        Parameters
+        ----------
+        mdata
+            MuData holding at least the ``source`` modality (the registered one by default).
+        source
+            Modality read.
+        target
+            Modality predicted (``target == source`` gives the reconstruction).
+        batch_size
+            Minibatch size.
+
+        Returns
+        -------
+        Dense array cells x target features in the target's units: probabilities for bernoulli modalities, values
+        on the scale of the registered layer for gaussian ones.
+        """
+        self._check_trained()
+        if target not in self.modalities:
+            raise KeyError(f"Unknown target modality {target!r}; registered: {self.modalities}.")
+        mdata = self._resolve_mdata(mdata, [source])
+        if source not in mdata.mod:
+            raise KeyError(f"The query has no source modality {source!r}; it has {list(mdata.mod)}.")
+        self.module.eval()
+        out = []
+        for x in self._batches(mdata, [source], batch_size):
+            z = self.module.encoders[source](self.module.standardize(source, x[source]))
+            out.append(self.module.to_data_space(target, self.module.decoders[target](z)).cpu().numpy())
+        return np.concatenate(out)
+
+    @torch.inference_mode()
+    def get_fusion_weights(self) -> pd.DataFrame:
+        """Fusion weight of each modality (rows) per latent dimension (columns; one column for ``fusion="modality"``)."""
+        w = self.module.fusion.weights().cpu().numpy()
+        return pd.DataFrame(w, index=self.modalities)

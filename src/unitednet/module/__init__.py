@@ -1,0 +1,5 @@
+"""The UnitedNet torch module (scvi-tools ``BaseModuleClass``)."""
+
+from ._module import UnitedNetModule
+
+__all__ = ["UnitedNetModule"]

@@ -1,0 +1,93 @@
+"""Loss functions of UnitedNet (pure torch)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def reconstruction_error(x_hat: torch.Tensor, x: torch.Tensor, likelihood: str) -> torch.Tensor:
+    """Mean per-entry error of a decoded profile: BCE on logits for ``bernoulli``, MSE for ``gaussian``."""
+    if likelihood == "bernoulli":
+        return F.binary_cross_entropy_with_logits(x_hat, x)
+    return F.mse_loss(x_hat, x)
+
+
+def lsgan_loss(scores: torch.Tensor, target: float) -> torch.Tensor:
+    """Least-squares GAN loss: mean squared distance of the discriminator scores to ``target`` (1 real, 0 fake)."""
+    return ((scores - target) ** 2).mean()
+
+
+def contrastive_loss(
+    z_a: torch.Tensor, z_b: torch.Tensor, groups: torch.Tensor | None = None, temperature: float = 0.1
+) -> torch.Tensor:
+    """Cross-modal InfoNCE with cosine similarity.
+
+    The latents of the same cell in two modalities are positives. Negatives are the other cells; when ``groups``
+    (predicted group per cell) is given, only cells of another group count as negatives, so cells of the same
+    group are not pushed apart.
+
+    Parameters
+    ----------
+    z_a, z_b
+        Latents (cells x dims) of the same cells in two modalities.
+    groups
+        Optional group id per cell.
+    temperature
+        Softmax temperature.
+    """
+    sim = F.normalize(z_a, dim=1) @ F.normalize(z_b, dim=1).T / temperature
+    n = sim.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=sim.device)
+    if groups is not None:
+        same = groups.unsqueeze(0) == groups.unsqueeze(1)
+        sim = sim.masked_fill(same & ~eye, float("-inf"))
+    targets = torch.arange(n, device=sim.device)
+    return 0.5 * (F.cross_entropy(sim, targets) + F.cross_entropy(sim.T, targets))
+
+
+def _kernel_from_distances(d2: torch.Tensor, rel_sigma: float) -> torch.Tensor:
+    sigma2 = (rel_sigma * torch.median(d2.detach().clamp_min(0).sqrt())) ** 2
+    return torch.exp(-d2.clamp_min(0) / (2 * sigma2.clamp_min(1e-9)))
+
+
+def _cauchy_schwarz_divergence(a: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Mean pairwise Cauchy–Schwarz similarity between the columns of ``a`` under ``kernel`` (smaller = more separated)."""
+    k = a.shape[1]
+    nom = a.T @ kernel @ a
+    dnom = torch.sqrt(torch.clamp(torch.outer(torch.diagonal(nom), torch.diagonal(nom)), min=1e-9**2))
+    off = torch.triu(nom / dnom, diagonal=1)
+    return off.sum() * 2 / (k * (k - 1))
+
+
+def ddc_loss(hidden: torch.Tensor, probs: torch.Tensor, rel_sigma: float = 0.15) -> torch.Tensor:
+    """Deep divergence-based clustering loss (Kampffmeyer et al., 2019).
+
+    Sum of three terms: Cauchy–Schwarz divergence between clusters in the kernel space of ``hidden``; orthogonality
+    of the cluster assignment vectors of different cells; and divergence of the assignments to the simplex corners.
+
+    Parameters
+    ----------
+    hidden
+        Projector output (cells x hidden).
+    probs
+        Group probabilities (cells x groups).
+    rel_sigma
+        Kernel width relative to the median pairwise distance.
+    """
+    n, k = probs.shape
+    if k < 2:
+        raise ValueError("The DDC clustering loss needs at least two groups; set n_groups >= 2.")
+    kernel = _kernel_from_distances(torch.cdist(hidden, hidden) ** 2, rel_sigma)
+    ddc1 = _cauchy_schwarz_divergence(probs, kernel)
+    ddc2 = 2.0 / (n * (n - 1)) * torch.triu(probs @ probs.T, diagonal=1).sum() if n > 1 else probs.new_zeros(())
+    corners = torch.eye(k, device=probs.device, dtype=probs.dtype)
+    m = torch.exp(-torch.cdist(probs, corners) ** 2)
+    ddc3 = _cauchy_schwarz_divergence(m, kernel)
+    return ddc1 + ddc2 + ddc3
+
+
+def self_entropy_loss(probs: torch.Tensor) -> torch.Tensor:
+    """Negative entropy of the mean group probability, shifted so that balanced groups give 0."""
+    mean = probs.mean(0).clamp_min(1e-12)
+    return (mean * mean.log()).sum() + torch.log(torch.tensor(float(probs.shape[1]), device=probs.device))

@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MLP(nn.Module):
+    """Fully connected network: ``n_layers`` hidden blocks (Linear, BatchNorm, ReLU, Dropout) then a Linear output.
+
+    Parameters
+    ----------
+    n_input
+        Number of input features.
+    n_output
+        Number of output features.
+    n_hidden
+        Width of every hidden layer.
+    n_layers
+        Number of hidden layers (0 gives a single linear map).
+    dropout_rate
+        Dropout probability after each hidden layer.
+    use_batch_norm
+        Whether hidden layers use batch normalisation.
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_output: int,
+        n_hidden: int = 256,
+        n_layers: int = 2,
+        dropout_rate: float = 0.1,
+        use_batch_norm: bool = True,
+    ):
+        super().__init__()
+        layers: list[nn.Module] = []
+        n_in = n_input
+        for _ in range(n_layers):
+            layers.append(nn.Linear(n_in, n_hidden))
+            if use_batch_norm:
+                layers.append(nn.BatchNorm1d(n_hidden))
+            # not in-place: shap's DeepExplainer cannot trace in-place activations
+            layers.append(nn.ReLU())
+            if dropout_rate > 0:
+                layers.append(nn.Dropout(dropout_rate))
+            n_in = n_hidden
+        layers.append(nn.Linear(n_in, n_output))
+        self.network = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``x`` (cells x n_input) to cells x n_output."""
+        return self.network(x)
+
+
+class ModalityFusion(nn.Module):
+    """Fuse per-modality latents with learnable softmax weights.
+
+    Parameters
+    ----------
+    modalities
+        Modality names, in the order their latents are given.
+    n_latent
+        Latent dimension.
+    mode
+        ``"modality"``: one weight per modality; ``"feature"``: one weight per modality and latent dimension.
+    """
+
+    def __init__(self, modalities: Sequence[str], n_latent: int, mode: Literal["modality", "feature"] = "modality"):
+        super().__init__()
+        if mode not in ("modality", "feature"):
+            raise ValueError(f"fusion must be 'modality' or 'feature', got {mode!r}.")
+        self.modalities = list(modalities)
+        shape = (len(self.modalities), 1) if mode == "modality" else (len(self.modalities), n_latent)
+        self.logits = nn.Parameter(torch.zeros(shape))
+
+    def weights(self, present: Sequence[str] | None = None) -> torch.Tensor:
+        """Softmax fusion weights over the ``present`` modalities (all by default), shape modalities x (1 or n_latent)."""
+        idx = [self.modalities.index(m) for m in (present or self.modalities)]
+        return torch.softmax(self.logits[idx], dim=0)
+
+    def forward(self, latents: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Weighted sum of the latents given; missing modalities are left out and the weights renormalised."""
+        present = [m for m in self.modalities if m in latents]
+        w = self.weights(present)
+        stacked = torch.stack([latents[m] for m in present], dim=0)
+        return (w.unsqueeze(1) * stacked).sum(0)
+
+
+class GroupHeads(nn.Module):
+    """Parallel group heads: each is a projector MLP followed by a bias-free linear layer with L2-normalised rows.
+
+    Parameters
+    ----------
+    n_input
+        Latent dimension.
+    n_groups
+        Number of groups (cell types or clusters).
+    n_heads
+        Number of heads trained in parallel.
+    n_hidden
+        Width of the projector.
+    dropout_rate
+        Dropout in the projector.
+    use_batch_norm
+        Whether the projector uses batch normalisation.
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_groups: int,
+        n_heads: int = 1,
+        n_hidden: int = 256,
+        dropout_rate: float = 0.1,
+        use_batch_norm: bool = True,
+    ):
+        super().__init__()
+        self.projectors = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.Linear(n_input, n_hidden),
+                    nn.BatchNorm1d(n_hidden) if use_batch_norm else nn.Identity(),
+                    nn.ReLU(),
+                    nn.Dropout(dropout_rate) if dropout_rate > 0 else nn.Identity(),
+                )
+                for _ in range(n_heads)
+            ]
+        )
+        self.weights = nn.ParameterList(
+            [nn.Parameter(torch.randn(n_groups, n_hidden) / n_hidden**0.5) for _ in range(n_heads)]
+        )
+
+    @property
+    def n_heads(self) -> int:
+        """Number of parallel heads."""
+        return len(self.projectors)
+
+    def forward_head(self, z: torch.Tensor, head: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projector output and group logits of one head."""
+        hidden = self.projectors[head](z)
+        logits = hidden @ F.normalize(self.weights[head], dim=1).T
+        return hidden, logits
+
+    def forward(self, z: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Projector outputs and group logits of every head."""
+        outs = [self.forward_head(z, h) for h in range(self.n_heads)]
+        return [o[0] for o in outs], [o[1] for o in outs]
+
+
+class Discriminator(nn.Module):
+    """Least-squares GAN discriminator: an MLP scoring each cell's profile as real (1) or generated (0)."""
+
+    def __init__(self, n_input: int, n_hidden: int = 64, n_layers: int = 1):
+        super().__init__()
+        self.mlp = MLP(n_input, 1, n_hidden=n_hidden, n_layers=n_layers, dropout_rate=0.0, use_batch_norm=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Score in (0, 1) for each cell."""
+        return torch.sigmoid(self.mlp(x)).squeeze(-1)

@@ -1,0 +1,6 @@
+"""Training of UnitedNet: the Lightning training plan and the data module with its train / validation split."""
+
+from ._data import UnitedNetDataModule, stratified_split
+from ._plan import UnitedNetTrainingPlan
+
+__all__ = ["UnitedNetDataModule", "UnitedNetTrainingPlan", "stratified_split"]

@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import lightning.pytorch as pl
+import torch
+
+from ..module import UnitedNetModule
+
+# terms that define the validation loss used to keep the best weights (the adversarial terms are left out:
+# they measure the discriminator of the moment, not the model)
+_SELECTION_TERMS = ("classification", "ddc", "self_entropy", "reconstruction", "translation", "contrastive")
+
+
+class UnitedNetTrainingPlan(pl.LightningModule):
+    """Lightning plan for UnitedNet: alternating objectives, one optimizer each, manual optimisation.
+
+    Each Lightning epoch runs one pass over the training cells per objective, in ``objectives`` order. The translation
+    objective updates encoders, decoders and the latent projector with the contrastive, reconstruction, translation
+    and generator losses, then the discriminators with the discriminator loss on detached reconstructions. The
+    classification objective updates encoders, fusion and heads with class-balanced cross-entropy; the clustering
+    objective updates fusion and heads with DDC + self-entropy, and encoders and decoders with reconstruction.
+
+    After every validation epoch the weights with the lowest validation loss (weighted sum of the non-adversarial
+    terms) are kept and restored at the end of training; the group head with the lowest mean loss over the last
+    ``head_selection_window`` epochs becomes the predicting head.
+
+    Parameters
+    ----------
+    module
+        The :class:`~unitednet.module.UnitedNetModule`.
+    objectives
+        Objective names in training order.
+    lr
+        Learning rate of every Adam optimizer.
+    weight_decay
+        L2 weight decay of every optimizer.
+    gradient_clip_norm
+        Maximum gradient norm per objective step.
+    head_selection_window
+        Number of recent epochs averaged to select the best head.
+    """
+
+    def __init__(
+        self,
+        module: UnitedNetModule,
+        objectives: Sequence[str],
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        gradient_clip_norm: float = 25.0,
+        head_selection_window: int = 5,
+    ):
+        super().__init__()
+        self.module = module
+        self.objectives = list(objectives)
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.gradient_clip_norm = gradient_clip_norm
+        self.head_selection_window = head_selection_window
+        self.automatic_optimization = False
+        self._groups = module.parameter_groups()
+        self._optimizer_names = self.objectives + (["discriminator"] if "translation" in self.objectives else [])
+        self._head_history: list[torch.Tensor] = []
+        self._epoch_head_losses: list[torch.Tensor] = []
+        self._val_head_losses: list[torch.Tensor] = []
+        self._validated = False
+        self.best_validation_loss = float("inf")
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_epoch: int | None = None
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """One Adam optimizer per objective (plus one for the discriminators), each over its own parameters."""
+        return [
+            torch.optim.Adam(self._groups[name], lr=self.lr, weight_decay=self.weight_decay)
+            for name in self._optimizer_names
+        ]
+
+    def _step(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], loss: torch.Tensor) -> None:
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        torch.nn.utils.clip_grad_norm_(params, self.gradient_clip_norm)
+        optimizer.step()
+
+    def training_step(self, batch: tuple[int, dict[str, torch.Tensor]], batch_idx: int) -> None:
+        """One optimizer step of the batch's objective (plus the discriminator step for translation)."""
+        objective_idx, tensors = batch
+        objective = self.objectives[objective_idx]
+        optimizers = dict(zip(self._optimizer_names, self.optimizers(), strict=True))
+        inference_outputs, generative_outputs = self.module.forward_all(tensors)
+        out = self.module.loss(tensors, inference_outputs, generative_outputs, objective=objective)
+        self._step(optimizers[objective], self._groups[objective], out.loss)
+        n = out.n_obs_minibatch
+        metrics = dict(out.extra_metrics)
+        head_losses = metrics.pop("head_losses", None)
+        if head_losses is not None:
+            self._epoch_head_losses.append(head_losses)
+        if objective == "translation":
+            d_loss = self.module.discriminator_loss(tensors, generative_outputs)
+            self._step(
+                optimizers["discriminator"],
+                self._groups["discriminator"],
+                self.module.loss_weights["discriminator"] * d_loss,
+            )
+            metrics["discriminator"] = d_loss.detach()
+        for name, value in metrics.items():
+            self.log(f"{name}_train", value, on_step=False, on_epoch=True, batch_size=n)
+        self.log(f"{objective}_loss_train", out.loss.detach(), on_step=False, on_epoch=True, batch_size=n)
+
+    def validation_step(self, tensors: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Every loss term of every objective on the validation cells."""
+        self._validated = True
+        inference_outputs, generative_outputs = self.module.forward_all(tensors)
+        terms: dict[str, torch.Tensor] = {}
+        for objective in self.objectives:
+            out = self.module.loss(tensors, inference_outputs, generative_outputs, objective=objective)
+            metrics = dict(out.extra_metrics)
+            head_losses = metrics.pop("head_losses", None)
+            if head_losses is not None:
+                self._val_head_losses.append(head_losses)
+            terms.update(metrics)
+        if "translation" in self.objectives:
+            terms["discriminator"] = self.module.discriminator_loss(tensors, generative_outputs)
+        n = next(iter(inference_outputs["z"].values())).shape[0]
+        weights = self.module.loss_weights
+        total = sum(weights[k] * v for k, v in terms.items() if k in _SELECTION_TERMS)
+        for name, value in terms.items():
+            self.log(f"{name}_validation", value, on_step=False, on_epoch=True, batch_size=n)
+        self.log("validation_loss", total, on_step=False, on_epoch=True, batch_size=n, prog_bar=True)
+
+    def _select_head(self, losses: list[torch.Tensor]) -> None:
+        if losses and self.module.heads is not None:
+            self._head_history.append(torch.stack(losses).mean(0))
+            recent = torch.stack(self._head_history[-self.head_selection_window :]).mean(0)
+            self.module.best_head.fill_(int(recent.argmin()))
+
+    def on_validation_epoch_end(self) -> None:
+        """Select the best head on validation losses, then keep the weights if the validation loss improved."""
+        self._select_head(self._val_head_losses)
+        self._val_head_losses = []
+        value = self.trainer.callback_metrics.get("validation_loss")
+        if value is not None and float(value) < self.best_validation_loss:
+            self.best_validation_loss = float(value)
+            self.best_epoch = self.current_epoch
+            self.best_state = copy.deepcopy(self.module.state_dict())
+
+    def on_train_epoch_end(self) -> None:
+        """Without validation cells, select the best head on training losses."""
+        if not self._validated:
+            self._select_head(self._epoch_head_losses)
+        self._epoch_head_losses = []
+
+    def on_train_end(self) -> None:
+        """Restore the weights with the best validation loss."""
+        if self.best_state is not None:
+            self.module.load_state_dict(self.best_state)
