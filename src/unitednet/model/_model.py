@@ -17,7 +17,7 @@ from scvi.data._constants import _SETUP_ARGS_KEY
 from scvi.model.base import BaseModelClass
 from scvi.train import TrainRunner
 
-from .._constants import (
+from unitednet._constants import (
     LOSS_NAMES,
     OBJECTIVE_LOSSES,
     REGISTRY_KEYS,
@@ -27,8 +27,9 @@ from .._constants import (
     Task,
     modality_key,
 )
-from ..module import UnitedNetModule
-from ..train import UnitedNetDataModule, UnitedNetTrainingPlan, stratified_split
+from unitednet.module import UnitedNetModule
+from unitednet.train import UnitedNetDataModule, UnitedNetTrainingPlan, stratified_split
+
 from ._validation import check_finite, check_modalities, check_mudata, is_binary
 
 logger = logging.getLogger(__name__)
@@ -342,6 +343,8 @@ class UnitedNetModel(BaseModelClass):
         return mdata
 
     def _available(self, mdata: MuData | None) -> list[str]:
+        if mdata is not None:
+            check_mudata(mdata)
         present = self.modalities if mdata is None else [m for m in self.modalities if m in mdata.mod]
         if not present:
             raise ValueError(
@@ -420,7 +423,8 @@ class UnitedNetModel(BaseModelClass):
             (supervised) and batch when those are registered.
         split_key
             Column of ``mdata.obs`` with ``"train"``, ``"validation"`` or ``"test"`` per cell, overriding
-            ``train_size`` / ``validation_size``.
+            ``train_size``. When it has no ``"validation"`` cells, a fraction ``validation_size`` of its
+            ``"train"`` cells is drawn for validation (stratified as above).
         early_stopping
             Stop when the validation loss has not improved for ``early_stopping_patience`` epochs.
         early_stopping_patience
@@ -443,7 +447,9 @@ class UnitedNetModel(BaseModelClass):
         objectives = list(objective_order) if objective_order is not None else list(TASK_OBJECTIVES[task])
         bad = [o for o in objectives if o not in OBJECTIVE_LOSSES]
         if bad or not objectives or len(set(objectives)) != len(objectives):
-            raise ValueError(f"objective_order must list distinct objectives of {list(OBJECTIVE_LOSSES)}; got {objectives}.")
+            raise ValueError(
+                f"objective_order must list distinct objectives of {list(OBJECTIVE_LOSSES)}; got {objectives}."
+            )
         needs_heads = {"classification", "clustering"} & set(objectives)
         if needs_heads and self.module.heads is None:
             raise ValueError(
@@ -460,7 +466,9 @@ class UnitedNetModel(BaseModelClass):
                 )
         if validation_size is None:
             validation_size = 1.0 - train_size
-        train_idx, val_idx, test_idx = self._split(train_size, validation_size, split_key, supervised=task == "supervised")
+        train_idx, val_idx, test_idx = self._split(
+            train_size, validation_size, split_key, supervised=task == "supervised"
+        )
         if len(train_idx) < 2:
             raise ValueError(f"Only {len(train_idx)} training cells; increase train_size.")
 
@@ -503,33 +511,49 @@ class UnitedNetModel(BaseModelClass):
         self.best_epoch_ = plan.best_epoch
 
     def _split(self, train_size: float, validation_size: float, split_key: str | None, supervised: bool):
-        if split_key is not None:
-            if split_key not in self.adata.obs:
-                raise KeyError(f"split_key={split_key!r} is not a column of mdata.obs.")
-            values = self.adata.obs[split_key].astype(str).to_numpy()
-            bad = sorted(set(values) - {"train", "validation", "test"})
-            if bad:
-                raise ValueError(f"mdata.obs[{split_key!r}] must hold 'train', 'validation' or 'test'; found {bad}.")
-            return tuple(np.flatnonzero(values == s) for s in ("train", "validation", "test"))
-        strata = None
+        strata = self._strata(supervised)
+        seed = settings.seed if settings.seed is not None else 0
+        if split_key is None:
+            if train_size < 1:
+                self._check_strata(strata)
+            return stratified_split(self.adata.n_obs, train_size, validation_size, strata, seed=seed)
+        if split_key not in self.adata.obs:
+            raise KeyError(f"split_key={split_key!r} is not a column of mdata.obs.")
+        values = self.adata.obs[split_key].astype(str).to_numpy()
+        bad = sorted(set(values) - {"train", "validation", "test"})
+        if bad:
+            raise ValueError(f"mdata.obs[{split_key!r}] must hold 'train', 'validation' or 'test'; found {bad}.")
+        train, val, test = (np.flatnonzero(values == s) for s in ("train", "validation", "test"))
+        if len(val) == 0 and validation_size > 0:
+            # draw the validation cells from the training cells only
+            sub = None if strata is None else strata[train]
+            self._check_strata(sub)
+            keep, pick, _ = stratified_split(len(train), 1 - validation_size, validation_size, sub, seed=seed)
+            train, val = train[keep], train[pick]
+        return train, val, test
+
+    def _strata(self, supervised: bool) -> np.ndarray | None:
         parts = []
         if supervised and self.labels_key is not None:
             parts.append(self.adata.obs[self.labels_key].astype(str).to_numpy())
         batch_key = self._setup_args["batch_key"]
         if batch_key is not None:
             parts.append(self.adata.obs[batch_key].astype(str).to_numpy())
-        if parts:
-            strata = parts[0] if len(parts) == 1 else np.char.add(np.char.add(parts[0], "|"), parts[1])
-            if train_size < 1:
-                values, counts = np.unique(strata, return_counts=True)
-                if (counts < 2).any():
-                    singles = list(values[counts < 2][:5])
-                    raise ValueError(
-                        f"Cannot stratify the split: {int((counts < 2).sum())} label/batch group(s) have a single cell "
-                        f"(e.g. {singles}). Remove or merge those labels, or pass split_key with your own split."
-                    )
-        seed = settings.seed if settings.seed is not None else 0
-        return stratified_split(self.adata.n_obs, train_size, validation_size, strata, seed=seed)
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else np.char.add(np.char.add(parts[0], "|"), parts[1])
+
+    @staticmethod
+    def _check_strata(strata: np.ndarray | None) -> None:
+        if strata is None:
+            return
+        values, counts = np.unique(strata, return_counts=True)
+        if (counts < 2).any():
+            singles = list(values[counts < 2][:5])
+            raise ValueError(
+                f"Cannot stratify the split: {int((counts < 2).sum())} label/batch group(s) have a single cell "
+                f"(e.g. {singles}). Remove or merge those labels, or pass split_key with your own split."
+            )
 
     def _fit_standardization(self, train_idx: np.ndarray) -> None:
         for m in self.modalities:

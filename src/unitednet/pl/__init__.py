@@ -1,1 +1,5 @@
-"""unitednet.pl."""
+"""Plots that read what :mod:`unitednet.tl` wrote."""
+
+from ._basic import cross_modal_matrix, embedding, history
+
+__all__ = ["cross_modal_matrix", "embedding", "history"]
