@@ -29,7 +29,7 @@ unit: venv
 	$(BIN)/python -m pytest
 
 nb: venv
-	$(BIN)/python -m pytest --nbmake tutorials/quickstart.ipynb
+	$(BIN)/python -m pytest --nbmake tutorials/quickstart_patchseq.ipynb
 
 docs: venv
 	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -165,7 +166,9 @@ def predict_modality(
             var=pd.DataFrame(index=model.var_names(target).copy()),
         )
         out.mod[target] = new
-        out.update()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module="mudata")
+            out.update()
     tgt = out.mod[target]
     if not tgt.var_names.equals(model.var_names(target)):
         pred = pd.DataFrame(pred, columns=model.var_names(target)).reindex(columns=tgt.var_names).to_numpy()
@@ -218,7 +221,10 @@ def evaluate(
         mask = (mdata.obs[RESULT_KEYS.SPLIT] == split).to_numpy()
         if not mask.any():
             raise ValueError(f"No cell has {RESULT_KEYS.SPLIT} == {split!r}.")
-        view = mdata[mask].copy()
+        with warnings.catch_warnings():
+            # mudata's notice about a future default of update(); the subset copy pulls nothing either way
+            warnings.filterwarnings("ignore", category=FutureWarning, module="mudata")
+            view = mdata[mask].copy()
     else:
         view = mdata
     query = None if view is model.adata else view
