@@ -110,7 +110,7 @@ def fit(args: argparse.Namespace) -> dict:
     has_test = bool((mdata.obs["unitednet_split"] == "test").any())
     metrics = un.tl.evaluate(model, labels_key=labels_key, split="test" if has_test else None)
     un.tl.latent(model)
-    if model.module.heads is not None:
+    if model.module.heads is not None and args.task != "translation":  # heads exist but are untrained then
         un.tl.predict_groups(model)
     for s in model.modalities:
         for t in model.modalities:

@@ -450,6 +450,13 @@ class UnitedNetModel(BaseModelClass):
             raise ValueError(
                 f"objective_order must list distinct objectives of {list(OBJECTIVE_LOSSES)}; got {objectives}."
             )
+        if ("classification" in objectives) != (task == "supervised"):
+            # the heads are named after the labels exactly when the task is supervised
+            raise ValueError(
+                f"objective_order {objectives} does not fit task={task!r}: the 'classification' objective (labels) "
+                "belongs to task='supervised', which needs it. Pass task='supervised' to learn labels, or leave "
+                "'classification' out."
+            )
         needs_heads = {"classification", "clustering"} & set(objectives)
         if needs_heads and self.module.heads is None:
             raise ValueError(
@@ -635,6 +642,11 @@ class UnitedNetModel(BaseModelClass):
         self._check_trained()
         if self.module.heads is None:
             raise ValueError("This model has no group heads (n_groups=0); it predicts modalities and latents only.")
+        if self.task_ == "translation":
+            raise ValueError(
+                "The group heads were not trained (task='translation'); train with task='supervised' or "
+                "'unsupervised' to predict groups."
+            )
         mods = self._available(mdata)
         mdata = self._resolve_mdata(mdata, mods)
         self.module.eval()

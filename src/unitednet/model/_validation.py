@@ -49,7 +49,9 @@ def check_modalities(mdata: MuData, modalities: Sequence[str]) -> None:
         raise KeyError(f"Modalities {unknown} are not in the MuData; available: {list(mdata.mod)}.")
     bad = [m for m in modalities if "." in m or m == ""]
     if bad:
-        raise ValueError(f"Modality names {bad} cannot contain '.'; rename them, e.g. `mdata.mod['new'] = mdata.mod.pop(old)`.")
+        raise ValueError(
+            f"Modality names {bad} cannot contain '.'; rename them, e.g. `mdata.mod['new'] = mdata.mod.pop(old)`."
+        )
     for m in modalities:
         if not mdata.mod[m].obs_names.equals(mdata.obs_names):
             raise ValueError(

@@ -82,7 +82,7 @@ def ddc_loss(hidden: torch.Tensor, probs: torch.Tensor, rel_sigma: float = 0.15)
     ddc1 = _cauchy_schwarz_divergence(probs, kernel)
     ddc2 = 2.0 / (n * (n - 1)) * torch.triu(probs @ probs.T, diagonal=1).sum() if n > 1 else probs.new_zeros(())
     corners = torch.eye(k, device=probs.device, dtype=probs.dtype)
-    m = torch.exp(-torch.cdist(probs, corners) ** 2)
+    m = torch.exp(-(torch.cdist(probs, corners) ** 2))
     ddc3 = _cauchy_schwarz_divergence(m, kernel)
     return ddc1 + ddc2 + ddc3
 

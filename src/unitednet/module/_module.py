@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
-from .._constants import DEFAULT_LOSS_WEIGHTS, OBJECTIVE_LOSSES, REGISTRY_KEYS, modality_key
-from ..nn import MLP, Discriminator, GroupHeads, ModalityFusion
+from unitednet._constants import DEFAULT_LOSS_WEIGHTS, OBJECTIVE_LOSSES, REGISTRY_KEYS, modality_key
+from unitednet.nn import MLP, Discriminator, GroupHeads, ModalityFusion
+
 from ._losses import contrastive_loss, ddc_loss, lsgan_loss, reconstruction_error, self_entropy_loss
 
 
@@ -61,6 +62,8 @@ class UnitedNetModule(BaseModuleClass):
         Kernel width of the DDC loss relative to the median distance.
     use_latent_projector
         Whether the contrastive loss acts on a projection of the latents rather than the latents themselves.
+    clustering_updates_encoders
+        Let the DDC clustering losses update the encoders too (by default they update fusion and heads only).
     """
 
     def __init__(
@@ -79,6 +82,7 @@ class UnitedNetModule(BaseModuleClass):
         contrastive_temperature: float = 0.1,
         ddc_rel_sigma: float = 0.15,
         use_latent_projector: bool = True,
+        clustering_updates_encoders: bool = False,
     ):
         super().__init__()
         self.modalities = list(n_features)
@@ -87,10 +91,18 @@ class UnitedNetModule(BaseModuleClass):
         self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **(loss_weights or {})}
         self.contrastive_temperature = contrastive_temperature
         self.ddc_rel_sigma = ddc_rel_sigma
-        mlp = {"n_hidden": n_hidden, "n_layers": n_layers, "dropout_rate": dropout_rate, "use_batch_norm": use_batch_norm}
+        self.clustering_updates_encoders = clustering_updates_encoders
+        mlp = {
+            "n_hidden": n_hidden,
+            "n_layers": n_layers,
+            "dropout_rate": dropout_rate,
+            "use_batch_norm": use_batch_norm,
+        }
         self.encoders = nn.ModuleDict({m: MLP(n, n_latent, **mlp) for m, n in n_features.items()})
         self.decoders = nn.ModuleDict({m: MLP(n_latent, n, **mlp) for m, n in n_features.items()})
-        self.discriminators = nn.ModuleDict({m: Discriminator(n, n_hidden=min(n_hidden, 64)) for m, n in n_features.items()})
+        self.discriminators = nn.ModuleDict(
+            {m: Discriminator(n, n_hidden=min(n_hidden, 64)) for m, n in n_features.items()}
+        )
         self.standardizers = nn.ModuleDict({m: _Standardizer(n) for m, n in n_features.items()})
         self.fusion = ModalityFusion(self.modalities, n_latent, mode=fusion)
         self.latent_projector = (
@@ -216,8 +228,9 @@ class UnitedNetModule(BaseModuleClass):
             _, logits = self.heads(inference_outputs["z_fused"])
             per_head = torch.stack([F.cross_entropy(lg, labels, weight=self.class_weights) for lg in logits])
             return {"classification": per_head.mean()}, per_head.detach()
-        # clustering: the DDC terms update fusion and heads only, so the encoders' latents are detached
-        z_fused = self.fusion({m: zm.detach() for m, zm in inference_outputs["z"].items()})
+        # clustering: by default the DDC terms update fusion and heads only, so the encoders' latents are detached
+        z = inference_outputs["z"]
+        z_fused = self.fusion(z if self.clustering_updates_encoders else {m: zm.detach() for m, zm in z.items()})
         hidden, logits = self.heads(z_fused)
         probs = [torch.softmax(lg, dim=1) for lg in logits]
         ddc = torch.stack([ddc_loss(h, p, self.ddc_rel_sigma) for h, p in zip(hidden, probs, strict=True)])
@@ -250,7 +263,9 @@ class UnitedNetModule(BaseModuleClass):
                 x_hat = generative_outputs["x_hat"]
                 terms["reconstruction"] = torch.stack(
                     [
-                        reconstruction_error(x_hat[m][m], self.standardize(m, tensors[modality_key(m)]), self.likelihoods[m])
+                        reconstruction_error(
+                            x_hat[m][m], self.standardize(m, tensors[modality_key(m)]), self.likelihoods[m]
+                        )
                         for m in self.modalities
                     ]
                 ).mean()

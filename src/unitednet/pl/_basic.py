@@ -117,6 +117,8 @@ def history(model: UnitedNetModel, *, terms: Sequence[str] | None = None, axes: 
     The figure.
     """
     hist = model.history
+    if not hist:
+        raise KeyError("The model has no training history; train it first with `model.train(...)`.")
     names = sorted({k.rsplit("_", 1)[0] for k in hist if k.endswith(("_train", "_validation"))})
     terms = list(terms) if terms is not None else names
     unknown = sorted(set(terms) - set(names))

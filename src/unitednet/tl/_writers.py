@@ -195,8 +195,9 @@ def evaluate(
     mdata
         MuData with measured modalities (and labels); the registered one by default.
     labels_key
-        obs column with the true labels; defaults to the registered labels. Without labels, only cross-modal
-        metrics are computed.
+        obs column with the true labels; defaults to the registered labels (skipped when ``mdata`` lacks that
+        column, e.g. an unlabelled query). Without labels, or for a model whose group heads were not trained
+        (``task="translation"``), only cross-modal metrics are computed.
     split
         Evaluate only the cells whose ``obs["unitednet_split"]`` equals this (e.g. ``"test"``).
     pairs
@@ -229,8 +230,13 @@ def evaluate(
         view = mdata
     query = None if view is model.adata else view
     result: dict = {"n_cells": int(view.n_obs)}
+    explicit_labels = labels_key is not None
     labels_key = labels_key or model.labels_key
-    if labels_key is not None and model.module.heads is not None:
+    # group metrics need trained heads (a translation-only model may still have untrained heads) and labels
+    heads_trained = model.module.heads is not None and model.task_ != "translation"
+    if labels_key is not None and labels_key not in view.obs and not explicit_labels:
+        labels_key = None  # e.g. an unlabelled query: the registered labels column is absent, score modalities only
+    if labels_key is not None and heads_trained:
         if labels_key not in view.obs:
             raise KeyError(f"labels_key={labels_key!r} is not a column of mdata.obs.")
         truth = view.obs[labels_key].astype(str).to_numpy()

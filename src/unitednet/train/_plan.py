@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import lightning.pytorch as pl
 import torch
 
-from ..module import UnitedNetModule
+from unitednet.module import UnitedNetModule
 
 # terms that define the validation loss used to keep the best weights (the adversarial terms are left out:
 # they measure the discriminator of the moment, not the model)
