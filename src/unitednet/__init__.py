@@ -2,8 +2,8 @@
 
 from importlib.metadata import version
 
-from . import datasets, model, pl, pp, tl
+from . import datasets, model, pl, tl
 from .model import UnitedNetModel
 
-__all__ = ["UnitedNetModel", "datasets", "model", "pl", "pp", "tl"]
+__all__ = ["UnitedNetModel", "datasets", "model", "pl", "tl"]
 __version__ = version("unitednet")

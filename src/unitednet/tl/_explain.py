@@ -209,7 +209,7 @@ def feature_relevance(
     -------
     The copy when ``copy=True``, else ``None``. Writes:
 
-    - ``mdata.mod[m].varm[key_added]``: DataFrame features x groups of mean |SHAP| for each explained modality;
+    - ``mdata.mod[m].varm[key_added]``: DataFrame features x groups of mean absolute SHAP value for each explained modality;
     - ``mdata.uns["unitednet"]["relevance"]`` (``[key_added]`` when it is not the default): tidy DataFrame with
       columns ``group``, ``modality``, ``feature``, ``relevance``, ``rank`` (the ``n_top`` features of each group
       and modality, ranked within the modality);
@@ -299,7 +299,7 @@ def cross_modal_relevance(
     """Cell-type-specific feature-to-feature relevance of the translation ``source -> target``.
 
     For each group and each target feature, SHAP values of the translation path (source encoder -> target decoder,
-    output in the target's units) over the group's sampled cells give the mean |SHAP| of every source feature; the
+    output in the target's units) over the group's sampled cells give the mean absolute SHAP value of every source feature; the
     ``top_k`` source features per target feature and group are kept. Cells are processed in chunks, so no dense
     groups x target x source tensor is ever built.
 
@@ -345,7 +345,7 @@ def cross_modal_relevance(
     -------
     The copy when ``copy=True``, else ``None``. Writes
     ``mdata.uns["unitednet"]["cross_modal_relevance"][f"{source}->{target}"]``: tidy DataFrame with columns
-    ``group``, ``target_feature``, ``source_feature``, ``relevance`` (mean |SHAP| in target units) and ``rank``.
+    ``group``, ``target_feature``, ``source_feature``, ``relevance`` (mean absolute SHAP value, in target units) and ``rank``.
     """
     model._check_trained()
     for m in (source, target):
