@@ -186,7 +186,9 @@ def fit(model_kwargs, train_kwargs):
 def _make_query(mdata: md.MuData, modalities: tuple[str, ...] = ("rna",), obs: tuple[str, ...] = ()) -> md.MuData:
     """A new, unregistered MuData with copies of some modalities of ``mdata`` (and the ``obs`` columns listed)."""
     mods = {
-        m: ad.AnnData(mdata.mod[m].X.copy(), obs=pd.DataFrame(index=mdata.obs_names.copy()), var=mdata.mod[m].var.copy())
+        m: ad.AnnData(
+            mdata.mod[m].X.copy(), obs=pd.DataFrame(index=mdata.obs_names.copy()), var=mdata.mod[m].var.copy()
+        )
         for m in modalities
     }
     with warnings.catch_warnings():
@@ -213,3 +215,70 @@ def mpl_agg():
 
     yield plt
     plt.close("all")
+
+
+def _train_shared(task="supervised", *, data=None, setup=None, model=None, train=None):
+    """Set up and train a small model on a fresh tiny MuData with seed 0 (for module-scoped fixtures)."""
+    from unitednet.model import UnitedNetModel
+
+    previous = scvi.settings.seed
+    scvi.settings.seed = 0
+    try:
+        mdata = _make_mudata(**(data or {}))
+        UnitedNetModel.setup_mudata(mdata, **({"labels_key": "cell_type"} if setup is None else setup))
+        net = UnitedNetModel(mdata, **{**MODEL_KWARGS, **(model or {})})
+        net.train(task, **{**TRAIN_KWARGS, **(train or {})})
+    finally:
+        scvi.settings.seed = previous
+    return net
+
+
+_SLOTS = ("obsm", "varm", "layers", "uns")
+
+
+def _annotation_keys(mdata: md.MuData) -> dict:
+    """Keys of the slots that unitednet's writers add to (mdata and each modality)."""
+    keys = {"obs": set(mdata.obs.columns), "obsm": set(mdata.obsm), "uns": set(mdata.uns), "mods": list(mdata.mod)}
+    for name, adata in mdata.mod.items():
+        keys[name] = {slot: set(getattr(adata, slot).keys()) for slot in _SLOTS}
+    return keys
+
+
+def _remove_added(mdata: md.MuData, keys: dict) -> None:
+    """Delete what was added to ``mdata`` since :func:`_annotation_keys` (so a shared model's MuData can be reused)."""
+    assert list(mdata.mod) == keys["mods"], "a test added or removed a modality of a shared MuData"
+    for column in set(mdata.obs.columns) - keys["obs"]:
+        del mdata.obs[column]
+    for slot in ("obsm", "uns"):
+        mapping = getattr(mdata, slot)
+        for key in set(mapping.keys()) - keys[slot]:
+            del mapping[key]
+    for name, adata in mdata.mod.items():
+        for slot in _SLOTS:
+            mapping = getattr(adata, slot)
+            for key in set(mapping.keys()) - keys[name][slot]:
+                del mapping[key]
+
+
+@pytest.fixture(scope="module")
+def train_shared():
+    """``train_shared(task, data=..., setup=..., model=..., train=...)``: train once for a module (seed 0).
+
+    Use it in a module-scoped fixture and hand the model to tests through :func:`reuse_model`, which removes what
+    each test wrote.
+    """
+    return _train_shared
+
+
+@pytest.fixture
+def reuse_model():
+    """``reuse_model(model)``: give a test a shared model; what it writes to ``model.adata`` is removed afterwards."""
+    pending = []
+
+    def _reuse(model):
+        pending.append((model.adata, _annotation_keys(model.adata)))
+        return model
+
+    yield _reuse
+    for mdata, keys in pending:
+        _remove_added(mdata, keys)

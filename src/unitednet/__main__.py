@@ -126,11 +126,12 @@ def fit(args: argparse.Namespace) -> dict:
         "task": args.task,
         "n_cells": int(mdata.n_obs),
         "evaluated_on": "test" if has_test else "all cells (no test split)",
+        "n_cells_evaluated": metrics["n_cells"],
         "train_seconds": round(train_seconds, 2),
         "best_epoch": model.best_epoch_,
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "threads": args.threads,
-        **{k: v for k, v in metrics.items() if k in ("n_cells", "groups")},
+        **({"groups": metrics["groups"]} if "groups" in metrics else {}),
     }
     if "r2" in metrics:
         summary["r2_variance_weighted"] = metrics["r2"].to_dict()

@@ -19,6 +19,7 @@ class _ResultKeys(NamedTuple):
     RELEVANCE: str = "unitednet_relevance"
     UNS: str = "unitednet"
     SPLIT: str = "unitednet_split"
+    PREDICTED_ONLY: str = "predicted_only"
 
 
 REGISTRY_KEYS = _RegistryKeys()

@@ -340,12 +340,26 @@ class UnitedNetModel(BaseModelClass):
         if unknown:
             raise KeyError(f"Modalities {unknown} are not registered in the model; registered: {self.modalities}.")
         check_modalities(mdata, modalities)
+        placeholders = [m for m in modalities if m in mdata.mod and not self._measured(mdata, m)]
+        if placeholders:
+            raise ValueError(
+                f"Modalities {placeholders} of the query hold only predictions (added by unitednet.tl.predict_modality), "
+                "not measurements; they cannot be model inputs."
+            )
         return mdata
+
+    @staticmethod
+    def _measured(mdata: MuData, modality: str) -> bool:
+        """Whether a modality of ``mdata`` holds measurements (not a placeholder added by ``tl.predict_modality``)."""
+        if modality not in mdata.mod:
+            return False
+        flags = mdata.mod[modality].uns.get(RESULT_KEYS.UNS, {})
+        return not (isinstance(flags, Mapping) and flags.get(RESULT_KEYS.PREDICTED_ONLY, False))
 
     def _available(self, mdata: MuData | None) -> list[str]:
         if mdata is not None:
             check_mudata(mdata)
-        present = self.modalities if mdata is None else [m for m in self.modalities if m in mdata.mod]
+        present = self.modalities if mdata is None else [m for m in self.modalities if self._measured(mdata, m)]
         if not present:
             raise ValueError(
                 f"The query MuData has none of the model's modalities {self.modalities} (it has {list(mdata.mod)})."
@@ -586,8 +600,10 @@ class UnitedNetModel(BaseModelClass):
 
     @property
     def history(self) -> dict[str, pd.DataFrame]:
-        """Every logged loss term per epoch (``<term>_train``, ``<term>_validation``, ``validation_loss``)."""
-        return self.history_
+        """Every logged loss term per epoch (``<term>_train``, ``<term>_validation``, ``validation_loss``), as floats."""
+        if self.history_ is None:
+            return None
+        return {k: v.astype(float) for k, v in self.history_.items()}
 
     # ------------------------------------------------------------------ outputs
     @torch.inference_mode()

@@ -244,8 +244,10 @@ def feature_relevance(
         for m in explained:
             sums[m][group] = totals[m] / len(idx)
     rows = []
+    names = model.group_names
+    order = sorted(samples, key=names.index) if set(samples) <= set(names) else sorted(samples)
     for m in explained:
-        df = pd.DataFrame(sums[m], index=model.var_names(m))
+        df = pd.DataFrame(sums[m], index=model.var_names(m))[order]
         rel = df.reindex(out.mod[m].var_names)
         out.mod[m].varm[key_added] = rel
         for group in df.columns:

@@ -150,8 +150,9 @@ def predict_modality(
     -------
     The copy when ``copy=True``, else ``None``. Writes ``mdata.mod[target].layers[key_added]`` (dense, cells x
     target features, in the target's units). When ``mdata`` has no ``target`` modality, one is added as
-    ``mdata.mod[target]`` with the model's target features, the prediction in that layer and ``X`` left empty
-    (all-zero sparse) so measured and predicted values are never confused.
+    ``mdata.mod[target]`` with the model's target features, the prediction in that layer, ``X`` left empty
+    (all-zero sparse) and ``mdata.mod[target].uns["unitednet"]["predicted_only"] = True``, so the model never reads
+    it as measured data.
     """
     from scipy import sparse
 
@@ -164,6 +165,7 @@ def predict_modality(
             X=sparse.csr_matrix(pred.shape, dtype=np.float32),
             obs=pd.DataFrame(index=out.obs_names.copy()),
             var=pd.DataFrame(index=model.var_names(target).copy()),
+            uns={RESULT_KEYS.UNS: {RESULT_KEYS.PREDICTED_ONLY: True}},
         )
         out.mod[target] = new
         with warnings.catch_warnings():

@@ -1,0 +1,62 @@
+"""Accuracy floors on the reference data (looser than the benchmarks in benchmarks/, which report the real figures)."""
+
+import numpy as np
+import pytest
+import scvi
+from sklearn.model_selection import StratifiedKFold
+
+import unitednet as un
+
+pytestmark = pytest.mark.realdata
+
+
+@pytest.fixture(scope="module")
+def patchseq_fold():
+    """Fold 0 of the 10-fold stratified split used by benchmarks/patchseq_cv.py."""
+    mdata = un.datasets.patchseq()
+    y = mdata.obs["cell_type_TEM"].astype(str).to_numpy()
+    train, test = next(StratifiedKFold(10, shuffle=True, random_state=0).split(y, y))
+    return mdata[train].copy(), mdata[test].copy()
+
+
+def test_patchseq_supervised_beats_floor(patchseq_fold):
+    train, test = patchseq_fold
+    scvi.settings.seed = 0
+    un.UnitedNetModel.setup_mudata(train, labels_key="cell_type_TEM")
+    model = un.UnitedNetModel(train)
+    model.train("supervised", max_epochs=60, batch_size=64, enable_progress_bar=False)
+    truth = test.obs["cell_type_TEM"].astype(str).to_numpy()
+    accuracy = float((model.predict_labels(test) == truth).mean())
+    # 27 MET types; logistic regression on PCA features reaches about 0.84 on average over the folds
+    assert accuracy > 0.75
+    # cross-modal prediction on unseen cells beats the training mean (R² > 0) for RNA -> ephys
+    metrics = un.tl.evaluate(model, test, pairs=[("rna", "ephys")])
+    assert metrics["cross_modal"]["rna->ephys"]["r2_variance_weighted"] > 0.15
+
+
+def test_patchseq_unsupervised_beats_floor(patchseq_fold):
+    train, test = patchseq_fold
+    scvi.settings.seed = 0
+    un.UnitedNetModel.setup_mudata(train, labels_key="cell_type_TEM")
+    model = un.UnitedNetModel(train, n_groups=27)
+    model.train("unsupervised", max_epochs=60, batch_size=64, enable_progress_bar=False)
+    scores = un.tl.clustering_metrics(test.obs["cell_type_TEM"].astype(str), model.predict_labels(test))
+    assert scores["ari"] > 0.15
+    assert scores["nmi"] > 0.75
+
+
+def test_bmmc_cite_rna_to_adt_beats_training_mean():
+    mdata = un.datasets.bmmc_cite()
+    scvi.settings.seed = 0
+    un.UnitedNetModel.setup_mudata(mdata, modalities=["rna", "adt"])
+    model = un.UnitedNetModel(mdata)
+    model.train("translation", max_epochs=60, batch_size=64, split_key="split", enable_progress_bar=False)
+    test = mdata[mdata.obs["split"] == "test"].copy()
+    pred = model.predict_modality(test, source="rna", target="adt")
+    truth = test.mod["adt"].X.toarray()
+    rmse = float(np.sqrt(((pred - truth) ** 2).mean()))
+    train_mean = mdata[mdata.obs["split"] == "train"].mod["adt"].X.toarray().mean(0)
+    rmse_mean = float(np.sqrt(((train_mean - truth) ** 2).mean()))
+    # the training mean scores about 0.79 and the OpenProblems random forest 0.5543
+    assert rmse < 0.65
+    assert rmse < 0.85 * rmse_mean
