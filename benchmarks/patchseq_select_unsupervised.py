@@ -1,0 +1,63 @@
+"""Choose the unsupervised UnitedNet settings for Patch-seq without touching any test fold.
+
+Each candidate is trained on the training part of folds 0 and 1 of the 10-fold split of benchmarks/patchseq_cv.py;
+the score is the clustering of those same training cells against their labels (ARI, Hungarian accuracy, NMI). The
+test folds are never read. Run from the repository root: ``python benchmarks/patchseq_select_unsupervised.py``.
+"""
+
+import argparse
+import time
+
+import numpy as np
+import scvi
+import torch
+from _common import default_json_path, write_json
+from sklearn.model_selection import StratifiedKFold
+
+import unitednet as un
+
+CANDIDATES = {
+    "default": {},
+    "heads5": {"n_heads": 5},
+    "ddc_updates_encoders": {"clustering_updates_encoders": True},
+    "heads5_ddc_updates_encoders": {"n_heads": 5, "clustering_updates_encoders": True},
+    "latent16": {"n_latent": 16},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
+    parser.add_argument("--max-epochs", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    mdata = un.datasets.patchseq()
+    y = mdata.obs["cell_type_TEM"].astype(str).to_numpy()
+    folds = list(StratifiedKFold(10, shuffle=True, random_state=0).split(y, y))[:2]
+    results = {}
+    for name in args.candidates:
+        scores = []
+        for train, _ in folds:
+            train_md = mdata[train].copy()
+            scvi.settings.seed = 0
+            un.UnitedNetModel.setup_mudata(train_md)
+            model = un.UnitedNetModel(train_md, n_groups=27, **CANDIDATES[name])
+            start = time.perf_counter()
+            model.train(
+                "unsupervised", max_epochs=args.max_epochs, batch_size=args.batch_size, enable_progress_bar=False
+            )
+            s = un.tl.clustering_metrics(y[train], model.predict_labels())
+            scores.append({**s, "train_seconds": time.perf_counter() - start})
+        results[name] = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+        print(f"{name:30s} " + "  ".join(f"{k} {v:.3f}" for k, v in results[name].items()), flush=True)
+    best = max(results, key=lambda n: results[n]["ari"])
+    print(f"best on training-cell ARI: {best}")
+    write_json(
+        {"candidates": results, "best": best, "settings": vars(args)}, default_json_path("patchseq_select_unsupervised")
+    )
+
+
+if __name__ == "__main__":
+    main()
