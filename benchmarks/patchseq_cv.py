@@ -29,7 +29,7 @@ Protocol (the issue's acceptance protocol):
 - Cross-modal metrics are computed in training-fold z-score units of the target (each target feature centred and
   scaled with the training fold's mean and sd): ``r2_vw`` is the variance-weighted (pooled) R², ``r2_mean`` the mean
   per-feature R² over features with variance in the test fold, ``pearson`` the mean per-feature Pearson correlation
-  (both unchanged by the scaling); see :func:`unitednet.tl._metrics.regression_metrics`.
+  (both unchanged by the scaling); see :func:`unitednet.tl.regression_metrics`.
 
 Run from the repository root, e.g. ``python benchmarks/patchseq_cv.py --folds 0 --max-epochs 100``.
 """
@@ -195,7 +195,7 @@ def run_unitednet(task: str, train_md, test_md, args, test_z, stats) -> dict[str
     import scvi
 
     from unitednet import UnitedNetModel
-    from unitednet.tl._metrics import classification_metrics, clustering_metrics, regression_metrics
+    from unitednet.tl import classification_metrics, clustering_metrics, regression_metrics
     from unitednet.train import stratified_split
 
     scvi.settings.seed = SEED
@@ -247,7 +247,7 @@ def run_unitednet(task: str, train_md, test_md, args, test_z, stats) -> dict[str
 
 def run_baselines(train_md, test_md, stats) -> dict[str, Any]:
     """Scaling + PCA baselines, logistic regressions, ridge and training-mean predictors on one fold."""
-    from unitednet.tl._metrics import classification_metrics, clustering_metrics, regression_metrics
+    from unitednet.tl import classification_metrics, clustering_metrics, regression_metrics
 
     y_train = train_md.obs[LABELS_KEY].astype(str).to_numpy()
     y_test = test_md.obs[LABELS_KEY].astype(str).to_numpy()

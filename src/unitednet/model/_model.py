@@ -499,6 +499,8 @@ class UnitedNetModel(BaseModelClass):
             raise ValueError(f"Only {len(train_idx)} training cells; increase train_size.")
 
         self._fit_standardization(train_idx)
+        # contrastive negatives come from the predicted groups only when the heads are being trained
+        self.module.contrastive_group_negatives = bool(needs_heads)
         if self.module.heads is not None and self.labels_key is not None:
             self._fit_class_weights(train_idx)
 
@@ -551,9 +553,8 @@ class UnitedNetModel(BaseModelClass):
             raise ValueError(f"mdata.obs[{split_key!r}] must hold 'train', 'validation' or 'test'; found {bad}.")
         train, val, test = (np.flatnonzero(values == s) for s in ("train", "validation", "test"))
         if len(val) == 0 and validation_size > 0:
-            # draw the validation cells from the training cells only
+            # draw the validation cells from the training cells only (a stratum with one cell stays in training)
             sub = None if strata is None else strata[train]
-            self._check_strata(sub)
             keep, pick, _ = stratified_split(len(train), 1 - validation_size, validation_size, sub, seed=seed)
             train, val = train[keep], train[pick]
         return train, val, test
@@ -578,21 +579,29 @@ class UnitedNetModel(BaseModelClass):
             singles = list(values[counts < 2][:5])
             raise ValueError(
                 f"Cannot stratify the split: {int((counts < 2).sum())} label/batch group(s) have a single cell "
-                f"(e.g. {singles}). Remove or merge those labels, or pass split_key with your own split."
+                f"(e.g. {singles}). Remove or merge those labels, or give your own split: an obs column of "
+                "'train' / 'test' passed as split_key (validation cells are then drawn from the 'train' cells, "
+                "single-cell labels staying in training)."
             )
 
-    def _fit_standardization(self, train_idx: np.ndarray) -> None:
+    def _fit_standardization(self, train_idx: np.ndarray, chunk_size: int = 4096) -> None:
         for m in self.modalities:
             if self.likelihoods[m] != "gaussian" or not self._standardize[m]:
                 continue
-            X = self._matrix(self.adata, m)[train_idx]
-            if sparse.issparse(X):
-                mean = np.asarray(X.mean(0)).ravel()
-                var = np.asarray(X.multiply(X).mean(0)).ravel() - mean**2
-            else:
-                X = np.asarray(X, dtype=np.float64)
-                mean, var = X.mean(0), X.var(0)
-            std = np.sqrt(np.clip(var, 0, None))
+            X = self._matrix(self.adata, m)
+            total = np.zeros(X.shape[1])
+            total_sq = np.zeros(X.shape[1])
+            for start in range(0, len(train_idx), chunk_size):
+                block = X[train_idx[start : start + chunk_size]]
+                if sparse.issparse(block):
+                    total += np.asarray(block.sum(0), dtype=np.float64).ravel()
+                    total_sq += np.asarray(block.multiply(block).sum(0), dtype=np.float64).ravel()
+                else:
+                    block = np.asarray(block, dtype=np.float64)
+                    total += block.sum(0)
+                    total_sq += (block**2).sum(0)
+            mean = total / len(train_idx)
+            std = np.sqrt(np.clip(total_sq / len(train_idx) - mean**2, 0, None))
             std[std < 1e-6] = 1.0
             self.module.set_standardization(m, torch.as_tensor(mean), torch.as_tensor(std))
 

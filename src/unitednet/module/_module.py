@@ -92,6 +92,8 @@ class UnitedNetModule(BaseModuleClass):
         self.contrastive_temperature = contrastive_temperature
         self.ddc_rel_sigma = ddc_rel_sigma
         self.clustering_updates_encoders = clustering_updates_encoders
+        # set by the model for each training run: whether the heads' predicted groups define contrastive negatives
+        self.contrastive_group_negatives = n_groups > 0
         mlp = {
             "n_hidden": n_hidden,
             "n_layers": n_layers,
@@ -204,7 +206,7 @@ class UnitedNetModule(BaseModuleClass):
         contrast = []
         if len(self.modalities) > 1:
             groups = None
-            if self.heads is not None:
+            if self.heads is not None and self.contrastive_group_negatives:
                 with torch.no_grad():
                     groups = self.group_logits(inference_outputs["z_fused"]).argmax(1)
             proj = {m: self.latent_projector(z[m]) for m in self.modalities}

@@ -8,9 +8,10 @@ import torch
 
 from unitednet.module import UnitedNetModule
 
-# terms that define the validation loss used to keep the best weights (the adversarial terms are left out:
-# they measure the discriminator of the moment, not the model)
-_SELECTION_TERMS = ("classification", "ddc", "self_entropy", "reconstruction", "translation", "contrastive")
+# terms that define the validation loss used to keep the best weights. Left out: the adversarial terms (they
+# measure the discriminator of the moment, not the model) and the contrastive term (its negatives are the cells of
+# other *predicted* groups, so its value moves with the model's own groupings and is not comparable across epochs).
+_SELECTION_TERMS = ("classification", "ddc", "self_entropy", "reconstruction", "translation")
 
 
 class UnitedNetTrainingPlan(pl.LightningModule):
@@ -22,8 +23,8 @@ class UnitedNetTrainingPlan(pl.LightningModule):
     classification objective updates encoders, fusion and heads with class-balanced cross-entropy; the clustering
     objective updates fusion and heads with DDC + self-entropy, and encoders and decoders with reconstruction.
 
-    After every validation epoch the weights with the lowest validation loss (weighted sum of the non-adversarial
-    terms) are kept and restored at the end of training; the group head with the lowest mean loss over the last
+    After every validation epoch the weights with the lowest validation loss (weighted sum of the classification, DDC,
+    self-entropy, reconstruction and translation terms) are kept and restored at the end of training; the group head with the lowest mean loss over the last
     ``head_selection_window`` epochs becomes the predicting head.
 
     Parameters
