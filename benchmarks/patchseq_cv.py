@@ -79,8 +79,8 @@ TRAIN_SIZE = 0.9
 SPLIT_KEY = "patchseq_cv_split"
 DEFAULT_MAX_EPOCHS = 100
 # Unsupervised settings chosen by benchmarks/patchseq_select_unsupervised.py on the clustering of the TRAINING cells of
-# folds 0 and 1 (the test folds are never looked at): 5 heads, DDC also updating the encoders.
-UNSUPERVISED_KWARGS = {"n_heads": 5, "clustering_updates_encoders": True}
+# folds 0 and 1 (the test folds are never looked at): 5 group heads.
+UNSUPERVISED_KWARGS = {"n_heads": 5}
 MAX_PCS = 50
 RIDGE_ALPHAS = np.logspace(-2, 5, 15)
 PAIRS = [(s, t) for t in MODALITIES for s in MODALITIES]  # (source, target); s == t is reconstruction
