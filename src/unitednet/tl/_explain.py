@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
@@ -65,6 +67,19 @@ class _Translation(nn.Module):
         return out * std.scale[self.features] + std.loc[self.features]
 
 
+@contextlib.contextmanager
+def _quiet_shap():
+    """Silence shap's notices about modules it does not know.
+
+    ModalityFusion and _Standardizer are linear in their inputs, so passing gradients through them is exact
+    (DeepExplainer's additivity check still runs).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="unrecognized nn.Module")
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        yield
+
+
 def _explainer(method: Method, wrapper: nn.Module, background: list[torch.Tensor]):
     import shap
 
@@ -79,10 +94,11 @@ def _explainer(method: Method, wrapper: nn.Module, background: list[torch.Tensor
 def _shap_values(explainer, method: Method, inputs: list[torch.Tensor], check_additivity: bool) -> list[np.ndarray]:
     """SHAP values per input as arrays cells x features x outputs."""
     data = inputs if len(inputs) > 1 else inputs[0]
-    if method == "deep":
-        values = explainer.shap_values(data, check_additivity=check_additivity)
-    else:
-        values = explainer.shap_values(data)
+    with _quiet_shap():
+        if method == "deep":
+            values = explainer.shap_values(data, check_additivity=check_additivity)
+        else:
+            values = explainer.shap_values(data)
     values = values if isinstance(values, list) and len(inputs) > 1 else [values]
     out = []
     for v, x in zip(values, inputs, strict=True):
