@@ -15,9 +15,7 @@ Protocol:
   standardised by the model with training statistics; ``batch_size=128``):
   ``model.train(task, split_key="split", validation_size=0.1)``, i.e. 10 % of the s1d1 cells are drawn for
   validation (best-weights selection), for ``task="translation"`` (registered without labels: no group heads) and
-  ``task="supervised"`` (``labels_key="cell_type"``). With 41 types on 311 training cells several types have a single s1d1 cell and the model refuses to
-  stratify its validation split; the same split is then built with the package's ``stratified_split`` (single cells
-  stay in training) and passed as a train / validation / test ``split_key``. The refusal is recorded.
+  ``task="supervised"`` (``labels_key="cell_type"``). Cell types with a single s1d1 cell stay in training.
 - Settings, declared before any test figure was seen: ``SETTINGS`` below (model defaults, a larger latent space, a
   longer run). Per task the setting with the lowest validation loss (``min(model.history["validation_loss"])``:
   the loss of the restored weights, computed on s1d1 validation cells only) is *selected*; the test RMSE of every
@@ -63,7 +61,6 @@ LIKELIHOODS = {"rna": "gaussian", "adt": "gaussian"}
 LABELS_KEY = "cell_type"
 BATCH_KEY = "batch"
 SPLIT_KEY = "split"
-FALLBACK_SPLIT_KEY = "split_with_validation"
 TASKS = ("translation", "supervised")
 SEED = 0
 VALIDATION_SIZE = 0.1
@@ -160,23 +157,6 @@ def adt_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------------------------------
 # UnitedNet
 # ---------------------------------------------------------------------------------------------------------------------
-def fallback_split(mdata) -> np.ndarray:
-    """The validation split ``model.train`` draws from the s1d1 cells, single-cell types kept in training.
-
-    Same strata (label|batch), fraction and seed as the model's own supervised split; built with the package's
-    :func:`unitednet.train.stratified_split`, which keeps a stratum of one cell in training.
-    """
-    from unitednet.train import stratified_split
-
-    split = mdata.obs[SPLIT_KEY].astype(str).to_numpy().copy()
-    train = np.flatnonzero(split == "train")
-    obs = mdata.obs.iloc[train]
-    strata = obs[LABELS_KEY].astype(str).to_numpy() + "|" + obs[BATCH_KEY].astype(str).to_numpy()
-    _, pick, _ = stratified_split(len(train), 1 - VALIDATION_SIZE, VALIDATION_SIZE, strata, seed=SEED)
-    split[train[pick]] = "validation"
-    return split
-
-
 def run_unitednet(task: str, setting: str, mdata, test: np.ndarray, truth, seen, args) -> dict[str, Any]:
     """Set up, train and evaluate one UnitedNet model; ``mdata`` is a private copy (set-up writes to it)."""
     import scvi
@@ -208,17 +188,7 @@ def run_unitednet(task: str, setting: str, mdata, test: np.ndarray, truth, seen,
     scvi.settings.seed = SEED
     model = un.UnitedNetModel(mdata, **model_kwargs)
     with traced_peak(args.tracemalloc) as traced, timer() as t_train:
-        try:
-            model.train(task, split_key=SPLIT_KEY, validation_size=validation_size, **train_kwargs)
-        except ValueError as err:
-            if "Cannot stratify" not in str(err):
-                raise
-            result["split_key_refused"] = str(err)
-            result["split_key"] = FALLBACK_SPLIT_KEY
-            mdata.obs[FALLBACK_SPLIT_KEY] = fallback_split(mdata)
-            scvi.settings.seed = SEED
-            model = un.UnitedNetModel(mdata, **model_kwargs)
-            model.train(task, split_key=FALLBACK_SPLIT_KEY, **train_kwargs)
+        model.train(task, split_key=SPLIT_KEY, validation_size=validation_size, **train_kwargs)
     history = model.history
     split = np.asarray(model.split_)
     result.update(
@@ -392,10 +362,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"unitednet supervised cell types on test: accuracy {c['accuracy']:.3f} (seen types only "
                 f"{s['accuracy']:.3f}), balanced {c['balanced_accuracy']:.3f}"
             )
-    refused = sorted({r["split_key_refused"] for r in runs if "split_key_refused" in r})
-    for message in refused:
-        print(f"model.train(split_key='split') refused: {message}")
-        print(f"  -> validation drawn with unitednet.train.stratified_split and passed as {FALLBACK_SPLIT_KEY!r}")
     peak = peak_rss_mb()
     print(
         f"\ntotal {t_total.seconds:.1f} s (baselines {t_base.seconds:.1f} s), peak RSS {peak:.0f} MB, "

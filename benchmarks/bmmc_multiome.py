@@ -10,10 +10,8 @@ Protocol:
 - UnitedNet (``scvi.settings.seed = 0``, registered with ``likelihoods={"rna": "gaussian", "atac": "bernoulli"}``,
   ``labels_key="cell_type"`` (supervised), ``batch_key="batch"``, default architecture; the model standardises ``rna`` with the
   training cells' statistics itself): ``model.train(task, split_key="split", validation_size=0.1)``, i.e. 10 % of the
-  s1d1 cells, stratified by cell type, are drawn for validation (best-weights selection). When the model refuses to
-  stratify because a cell type has a single s1d1 cell, the same split is built with the package's
-  ``stratified_split`` (those cells stay in training) and passed as a train / validation / test ``split_key``; the
-  refusal is recorded in the JSON. Tasks: ``supervised`` (test accuracy, balanced accuracy, macro F1, and RNA <-> ATAC
+  s1d1 cells, stratified by cell type, are drawn for validation (best-weights selection; a cell type with a single
+  s1d1 cell stays in training). Tasks: ``supervised`` (test accuracy, balanced accuracy, macro F1, and RNA <-> ATAC
   prediction) and ``translation`` (prediction only; registered without labels, so the model has no group heads).
   Per validation term the JSON keeps its value at the restored epoch, its minimum and that epoch.
 - Baselines on the same split: per-feature ``StandardScaler`` on the concatenated modalities and ``PCA(50)``, both
@@ -62,7 +60,6 @@ LIKELIHOODS = {"rna": "gaussian", "atac": "bernoulli"}
 LABELS_KEY = "cell_type"
 BATCH_KEY = "batch"
 SPLIT_KEY = "split"
-FALLBACK_SPLIT_KEY = "split_with_validation"
 PAIRS = (("rna", "atac"), ("atac", "rna"))
 TASKS = ("supervised", "translation")
 SEED = 0
@@ -164,24 +161,6 @@ def label_metrics(truth: np.ndarray, pred: np.ndarray, seen: set[str]) -> dict[s
 # ---------------------------------------------------------------------------------------------------------------------
 # UnitedNet
 # ---------------------------------------------------------------------------------------------------------------------
-def fallback_split(mdata) -> np.ndarray:
-    """The validation split ``model.train`` draws from the s1d1 cells, single-cell types kept in training.
-
-    Same strata (label|batch), fraction and seed as the model's own split; built with the package's
-    :func:`unitednet.train.stratified_split`, which keeps a stratum of one cell in training.
-    """
-    from unitednet.train import stratified_split
-
-    split = mdata.obs[SPLIT_KEY].astype(str).to_numpy().copy()
-    train = np.flatnonzero(split == "train")
-    strata = (
-        mdata.obs[LABELS_KEY].astype(str).to_numpy()[train] + "|" + mdata.obs[BATCH_KEY].astype(str).to_numpy()[train]
-    )
-    keep, pick, _ = stratified_split(len(train), 1 - VALIDATION_SIZE, VALIDATION_SIZE, strata, seed=SEED)
-    split[train[pick]] = "validation"
-    return split
-
-
 def validation_summary(history) -> dict[str, dict[str, float]]:
     """Per validation term: value at the restored (lowest ``validation_loss``) epoch, its minimum and that epoch."""
     best = int(np.argmin(history["validation_loss"].to_numpy().ravel()))
@@ -218,18 +197,7 @@ def run_unitednet(task: str, mdata, test: np.ndarray, truth: dict[str, np.ndarra
     scvi.settings.seed = SEED
     model = un.UnitedNetModel(mdata)
     with traced_peak(args.tracemalloc) as traced, timer() as t_train:
-        try:
-            model.train(task, split_key=SPLIT_KEY, validation_size=VALIDATION_SIZE, **train_kwargs)
-        except ValueError as err:
-            if "Cannot stratify" not in str(err):
-                raise
-            # model.train refuses a stratum of one cell; draw the same split ourselves and pass it explicitly
-            result["split_key_refused"] = str(err)
-            result["split_key"] = FALLBACK_SPLIT_KEY
-            mdata.obs[FALLBACK_SPLIT_KEY] = fallback_split(mdata)
-            scvi.settings.seed = SEED
-            model = un.UnitedNetModel(mdata)
-            model.train(task, split_key=FALLBACK_SPLIT_KEY, **train_kwargs)
+        model.train(task, split_key=SPLIT_KEY, validation_size=VALIDATION_SIZE, **train_kwargs)
     result["train_s"] = t_train.seconds
     result["traced_peak_mb"] = traced.mb
     result["peak_rss_mb_after_train"] = peak_rss_mb()
@@ -421,11 +389,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print_table("Cell-type transfer s1d1 -> s1d2 (test cells)", classification_rows(results))
     print_table("RNA -> ATAC on test cells (ATAC X, binary)", prediction_rows(results, "rna->atac", ATAC_COLUMNS))
     print_table("ATAC -> RNA on test cells (RNA X, normalised log)", prediction_rows(results, "atac->rna", RNA_COLUMNS))
-    for task in args.tasks:
-        r = results[f"unitednet_{task}"]
-        if "split_key_refused" in r:
-            print(f"\nunitednet {task}: model.train(split_key='split') refused: {r['split_key_refused']}")
-            print(f"  -> validation drawn with unitednet.train.stratified_split and passed as {FALLBACK_SPLIT_KEY!r}")
     peak = peak_rss_mb()
     print(f"\ntotal {t_total.seconds:.1f} s, peak RSS {peak:.0f} MB, torch threads {n_threads}")
 

@@ -21,9 +21,7 @@ Protocol:
 
 - BMMC Multiome (``--part bmmc``): ``unitednet.datasets.bmmc_multiome()`` (``rna`` gaussian, ``atac`` binary,
   bernoulli; labels ``cell_type``; ``batch_key="batch"``), seed 0, ``train("supervised", split_key="split",
-  validation_size=0.1)`` (validation drawn from the s1d1 training cells). When the model refuses to stratify because
-  a cell type has a single s1d1 cell, the same split is built with ``unitednet.train.stratified_split`` (single cells
-  stay in training) and passed as a train / validation / test column. Timed: ``feature_relevance(model)`` (all
+  validation_size=0.1)`` (validation drawn from the s1d1 training cells). Timed: ``feature_relevance(model)`` (all
   predicted cell types, both modalities) and ``cross_modal_relevance(model, source="atac", target="rna",
   n_target_features=20, top_k=20)`` (ATAC -> RNA, the 20 most relevant genes of each cell type). Reported: runtimes,
   memory, sizes of the outputs and the top links of two cell types.
@@ -86,7 +84,6 @@ BMMC_LIKELIHOODS = {"rna": "gaussian", "atac": "bernoulli"}
 BMMC_LABELS = "cell_type"
 BMMC_BATCH = "batch"
 BMMC_SPLIT = "split"
-BMMC_FALLBACK_SPLIT = "explain_split"
 BMMC_SEED = 0
 BMMC_BATCH_SIZE = 128
 BMMC_VALIDATION_SIZE = 0.1
@@ -399,20 +396,6 @@ def print_patchseq(res: dict[str, Any], threads: int) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 # BMMC Multiome
 # ---------------------------------------------------------------------------------------------------------------------
-def bmmc_fallback_split(mdata) -> np.ndarray:
-    """Train / validation / test column: validation drawn from the s1d1 training cells, single-cell types kept."""
-    from unitednet.train import stratified_split
-
-    split = mdata.obs[BMMC_SPLIT].astype(str).to_numpy().copy()
-    train = np.flatnonzero(split == "train")
-    strata = (
-        mdata.obs[BMMC_LABELS].astype(str).to_numpy()[train] + "|" + mdata.obs[BMMC_BATCH].astype(str).to_numpy()[train]
-    )
-    _, pick, _ = stratified_split(len(train), 1 - BMMC_VALIDATION_SIZE, BMMC_VALIDATION_SIZE, strata, seed=BMMC_SEED)
-    split[train[pick]] = "validation"
-    return split
-
-
 def run_bmmc(args) -> dict[str, Any]:
     """Train the supervised BMMC model, then time group relevance and ATAC -> RNA cross-modal relevance."""
     import scvi
@@ -433,17 +416,7 @@ def run_bmmc(args) -> dict[str, Any]:
     scvi.settings.seed = BMMC_SEED
     model = un.UnitedNetModel(mdata)
     with timer() as t_train:
-        try:
-            model.train("supervised", split_key=BMMC_SPLIT, validation_size=BMMC_VALIDATION_SIZE, **train_kwargs)
-        except ValueError as err:
-            if "Cannot stratify" not in str(err):
-                raise
-            res["split_key_refused"] = str(err)
-            res["split_key"] = BMMC_FALLBACK_SPLIT
-            mdata.obs[BMMC_FALLBACK_SPLIT] = bmmc_fallback_split(mdata)
-            scvi.settings.seed = BMMC_SEED
-            model = un.UnitedNetModel(mdata)
-            model.train("supervised", split_key=BMMC_FALLBACK_SPLIT, **train_kwargs)
+        model.train("supervised", split_key=BMMC_SPLIT, validation_size=BMMC_VALIDATION_SIZE, **train_kwargs)
     split = np.asarray(model.split_)
     res.update(
         train_s=t_train.seconds,
@@ -517,7 +490,6 @@ def print_bmmc(res: dict[str, Any], threads: int) -> None:
     print(
         f"\nBMMC multiome: {res['n_cells']} cells ({res['n_train']} train / {res['n_validation']} validation / "
         f"{res['n_test']} test, split column {res['split_key']!r}"
-        + ("; the model refused 'split' (single-cell types), own split used" if "split_key_refused" in res else "")
         + f"), trained {res['train_s']:.1f} s, best epoch {res['best_epoch']}, test accuracy {res['test_accuracy']:.3f}, "
         f"{res['n_predicted_groups']} predicted cell types",
         flush=True,
