@@ -10,6 +10,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 from mudata import MuData
+from scipy import sparse
 
 from unitednet._constants import RESULT_KEYS
 
@@ -154,8 +155,6 @@ def predict_modality(
     (all-zero sparse) and ``mdata.mod[target].uns["unitednet"]["predicted_only"] = True``, so the model never reads
     it as measured data.
     """
-    from scipy import sparse
-
     key_added = key_added or f"{RESULT_KEYS.PREDICTION_PREFIX}{source}"
     out = _target(model, mdata, copy)
     query = None if out is model.adata else out
