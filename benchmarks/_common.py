@@ -7,6 +7,7 @@ these helpers with ``from _common import ...``. Results go to ``benchmarks/resul
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
@@ -14,6 +15,7 @@ import resource
 import sys
 import time
 import tracemalloc
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import sparse
 
 BENCHMARK_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCHMARK_DIR.parent
@@ -251,3 +254,22 @@ def write_json(obj: Any, path: str | Path) -> Path:
         handle.write("\n")
     os.replace(tmp, path)
     return path
+
+
+def quiet() -> None:
+    """Silence Lightning banners, mudata FutureWarnings and known harmless small-class warnings.
+
+    Call it after importing unitednet: scvi-tools sets its logger's level when imported.
+    """
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "scvi"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="mudata")
+    warnings.filterwarnings("ignore", message=".*fewer than 3 cells.*")  # scvi: the smallest types have 1-2 cells
+    warnings.filterwarnings("ignore", message=".*least populated class.*")  # StratifiedKFold, same reason
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*litlogger.*")
+
+
+def dense(X) -> np.ndarray:
+    """Float64 dense copy of a matrix."""
+    return np.asarray(X.toarray() if sparse.issparse(X) else X, dtype=np.float64)

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +38,18 @@ import numpy as np
 from _common import (
     REPO_ROOT,
     default_json_path,
+    dense,
     machine_info,
     package_versions,
     peak_rss_mb,
     print_table,
+    quiet,
     set_threads,
     timer,
     traced_peak,
     use_local_data,
     write_json,
 )
-from scipy import sparse
 from sklearn.decomposition import TruncatedSVD
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import RidgeCV
@@ -115,21 +114,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.settings and not args.diagnostics:
         parser.error("nothing to run: give --settings and/or --diagnostics")
     return args
-
-
-def quiet() -> None:
-    """Silence Lightning banners, mudata FutureWarnings and known small-class warnings."""
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "scvi"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="mudata")
-    warnings.filterwarnings("ignore", message=".*fewer than 3 cells.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*litlogger.*")
-
-
-def dense(X) -> np.ndarray:
-    """Float64 dense copy of a matrix."""
-    return np.asarray(X.toarray() if sparse.issparse(X) else X, dtype=np.float64)
 
 
 def read_reference(data_dir: str | None) -> dict[str, float]:

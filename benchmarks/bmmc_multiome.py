@@ -29,25 +29,24 @@ Run from the repository root: ``python benchmarks/bmmc_multiome.py`` (about 1-2 
 from __future__ import annotations
 
 import argparse
-import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from _common import (
     default_json_path,
+    dense,
     machine_info,
     package_versions,
     peak_rss_mb,
     print_table,
+    quiet,
     set_threads,
     timer,
     traced_peak,
     use_local_data,
     write_json,
 )
-from scipy import sparse
 from sklearn.decomposition import PCA, TruncatedSVD
 from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.metrics import average_precision_score, roc_auc_score
@@ -95,22 +94,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.max_epochs < 1:
         parser.error("--max-epochs must be >= 1")
     return args
-
-
-def quiet() -> None:
-    """Silence Lightning banners, mudata FutureWarnings and known small-class warnings."""
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "scvi"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="mudata")
-    warnings.filterwarnings("ignore", message=".*fewer than 3 cells.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*litlogger.*")
-    warnings.filterwarnings("ignore", message=".*least populated class.*")
-
-
-def dense(X) -> np.ndarray:
-    """Float64 dense copy of a matrix."""
-    return np.asarray(X.toarray() if sparse.issparse(X) else X, dtype=np.float64)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

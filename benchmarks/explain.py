@@ -36,11 +36,9 @@ Run from the repository root: ``python benchmarks/explain.py --part all``.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,6 +56,7 @@ from _common import (
     package_versions,
     peak_rss_mb,
     print_table,
+    quiet,
     set_threads,
     timer,
     use_local_data,
@@ -109,21 +108,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--max-epochs must be >= 1")
     args.seeds = list(dict.fromkeys(args.seeds))
     return args
-
-
-def quiet() -> None:
-    """Silence Lightning banners, mudata FutureWarnings and known small-class warnings."""
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "scvi", "shap"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="mudata")
-    warnings.filterwarnings("ignore", message=".*fewer than 3 cells.*")
-    warnings.filterwarnings("ignore", message=".*least populated class.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*litlogger.*")
-    # shap, once per explained group: modules it has no DeepLIFT rule for (the standardiser and the fusion, both
-    # linear in their input, so plain gradients are exact; check_additivity stays on) and a torch hook notice
-    warnings.filterwarnings("ignore", message=".*unrecognized nn.Module.*")
-    warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
 
 
 @dataclass

@@ -38,10 +38,8 @@ from __future__ import annotations
 
 import argparse
 import gc
-import logging
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +47,7 @@ import numpy as np
 from _common import (
     current_rss_mb,
     default_json_path,
+    dense,
     fmt,
     fmt_mean_sd,
     machine_info,
@@ -56,13 +55,13 @@ from _common import (
     package_versions,
     peak_rss_mb,
     print_table,
+    quiet,
     set_threads,
     timer,
     traced_peak,
     use_local_data,
     write_json,
 )
-from scipy import sparse
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression, RidgeCV
@@ -152,22 +151,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.max_epochs < 1:
         parser.error("--max-epochs must be >= 1")
     return args
-
-
-def quiet() -> None:
-    """Silence per-fold chatter (Lightning banners, mudata FutureWarnings, known small-class warnings)."""
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "scvi"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="mudata")
-    warnings.filterwarnings("ignore", message=".*fewer than 3 cells.*")  # scvi: smallest MET type has 2 cells
-    warnings.filterwarnings("ignore", message=".*least populated class.*")  # StratifiedKFold, same reason
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*litlogger.*")
-
-
-def dense(X) -> np.ndarray:
-    """Float64 dense copy of a matrix."""
-    return np.asarray(X.toarray() if sparse.issparse(X) else X, dtype=np.float64)
 
 
 def zscore_stats(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

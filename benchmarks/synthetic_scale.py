@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -50,6 +49,7 @@ from _common import (
     package_versions,
     peak_rss_mb,
     print_table,
+    quiet,
     set_threads,
     timer,
     write_json,
@@ -139,13 +139,6 @@ def make_mudata(n_cells: int, n_dense: int, n_sparse: int, density: float, seed:
 # ---------------------------------------------------------------------------------------------------------------------
 # one configuration (runs in a subprocess)
 # ---------------------------------------------------------------------------------------------------------------------
-def quiet() -> None:
-    """Silence Lightning banners and known harmless warnings."""
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "scvi"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="mudata")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*litlogger.*")
 
 
 def run_worker(args: argparse.Namespace) -> dict[str, Any]:
