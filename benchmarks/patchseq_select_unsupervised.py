@@ -16,12 +16,15 @@ from sklearn.model_selection import StratifiedKFold
 
 import unitednet as un
 
-CANDIDATES = {
-    "default": {},
-    "heads5": {"n_heads": 5},
-    "ddc_updates_encoders": {"clustering_updates_encoders": True},
-    "heads5_ddc_updates_encoders": {"n_heads": 5, "clustering_updates_encoders": True},
-    "latent16": {"n_latent": 16},
+# model keyword arguments and training-plan keyword arguments of each candidate (model defaults otherwise:
+# dropout 0.3, heads initialised by k-means at epoch 20)
+CANDIDATES: dict[str, tuple[dict, dict]] = {
+    "default": ({}, {}),
+    "heads5": ({"n_heads": 5}, {}),
+    "heads5_no_kmeans_init": ({"n_heads": 5}, {"cluster_init_epoch": None}),
+    "heads5_dropout0.1": ({"n_heads": 5, "dropout_rate": 0.1}, {}),
+    "heads5_ddc_updates_encoders": ({"n_heads": 5, "clustering_updates_encoders": True}, {}),
+    "heads5_latent64": ({"n_heads": 5, "n_latent": 64}, {}),
 }
 
 
@@ -43,10 +46,15 @@ def main() -> None:
             train_md = mdata[train].copy()
             scvi.settings.seed = 0
             un.UnitedNetModel.setup_mudata(train_md)
-            model = un.UnitedNetModel(train_md, n_groups=27, **CANDIDATES[name])
+            model_kwargs, plan_kwargs = CANDIDATES[name]
+            model = un.UnitedNetModel(train_md, n_groups=27, **model_kwargs)
             start = time.perf_counter()
             model.train(
-                "unsupervised", max_epochs=args.max_epochs, batch_size=args.batch_size, enable_progress_bar=False
+                "unsupervised",
+                max_epochs=args.max_epochs,
+                batch_size=args.batch_size,
+                plan_kwargs=plan_kwargs,
+                enable_progress_bar=False,
             )
             s = un.tl.clustering_metrics(y[train], model.predict_labels())
             scores.append({**s, "train_seconds": time.perf_counter() - start})

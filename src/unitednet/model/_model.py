@@ -28,7 +28,13 @@ from unitednet._constants import (
     modality_key,
 )
 from unitednet.module import UnitedNetModule
-from unitednet.train import UnitedNetDataModule, UnitedNetTrainingPlan, stratified_split
+from unitednet.train import (
+    AdaptationDataModule,
+    CellSource,
+    UnitedNetDataModule,
+    UnitedNetTrainingPlan,
+    stratified_split,
+)
 
 from ._validation import check_finite, check_modalities, check_mudata, is_binary
 
@@ -54,7 +60,8 @@ class UnitedNetModel(BaseModelClass):
     n_layers
         Hidden layers of the encoders and decoders.
     dropout_rate
-        Dropout in hidden layers.
+        Dropout in hidden layers. The default 0.3 suits the small paired data sets this model usually meets: against
+        0.1 it lowered the validation loss on BMMC CITE and improved the clustering of Patch-seq training cells.
     use_batch_norm
         Batch normalisation in hidden layers.
     fusion
@@ -99,7 +106,7 @@ class UnitedNetModel(BaseModelClass):
         n_latent: int = 32,
         n_hidden: int = 256,
         n_layers: int = 2,
-        dropout_rate: float = 0.1,
+        dropout_rate: float = 0.3,
         use_batch_norm: bool = True,
         fusion: Literal["modality", "feature"] = "modality",
         n_heads: int = 1,
@@ -147,6 +154,7 @@ class UnitedNetModel(BaseModelClass):
         )
         self.task_: str | None = None
         self.split_: np.ndarray | None = None
+        self.adaptation_: dict | None = None
         self._model_summary_string = (
             f"UnitedNetModel over modalities {self.modalities} "
             f"({', '.join(f'{m}: {self.n_features(m)} {self.likelihoods[m]}' for m in self.modalities)}), "
@@ -519,6 +527,7 @@ class UnitedNetModel(BaseModelClass):
         elif early_stopping:
             raise ValueError("early_stopping needs validation cells; set validation_size > 0.")
         trainer_kwargs.setdefault("log_every_n_steps", 1)
+        self.module.train()  # Lightning keeps the modes it finds: a trained model's module is in eval mode
         runner = TrainRunner(
             self,
             training_plan=plan,
@@ -537,6 +546,217 @@ class UnitedNetModel(BaseModelClass):
             runner()
         self.task_ = task
         self.best_epoch_ = plan.best_epoch
+        self.adaptation_ = None
+
+    # ------------------------------------------------------------------ transductive adaptation
+    def adapt(
+        self,
+        query: MuData,
+        *,
+        held_out: str | Sequence[str] | None = None,
+        modalities: Sequence[str] | None = None,
+        objective_order: Sequence[str] | None = None,
+        max_epochs: int = 100,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        validation_size: float = 0.1,
+        early_stopping: bool = False,
+        early_stopping_patience: int = 30,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        plan_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ) -> None:
+        """Adapt the trained model to new (query) cells with unsupervised objectives: an explicit transductive step.
+
+        Training continues from the current weights on the reference's training cells together with the query
+        cells. Query cells enter only through their input modalities: their reconstruction, translation between
+        the query modalities, contrastive, adversarial and (for unsupervised models) clustering terms; their labels
+        are never read, and the classification loss sees reference cells only. Every loss term is averaged over the
+        modalities (or modality pairs) each cell holds, so query cells may lack modalities. The reference's test
+        cells are never read; the standardisation statistics and class weights stay those of the reference's
+        training cells. Without this call the model is purely inductive: ``get_latent_representation``,
+        ``predict_labels`` and ``predict_modality`` accept any query MuData without training on it.
+
+        Parameters
+        ----------
+        query
+            New cells: a MuData holding any subset of the model's modalities, with the registered layers and the
+            model's features. It is not registered; only the modalities adapted on are read.
+        held_out
+            Modalities of the query kept for evaluation (e.g. the target of a cross-modal prediction): never read,
+            not even checked, so their values cannot influence the adapted model. Must be registered modalities.
+        modalities
+            Query modalities to adapt on; default: every registered modality the query measures, minus
+            ``held_out``. Naming a held-out modality here is an error.
+        objective_order
+            Objectives per epoch; default: those of the task the model was trained for. Only that task's
+            objectives are allowed (adaptation does not change what the group heads mean).
+        max_epochs
+            Epochs; each is one pass over the reference training cells and the query training cells per objective.
+        batch_size
+            Minibatch size; every minibatch mixes reference and query cells in proportion.
+        lr
+            Learning rate of every objective's Adam optimizer (fresh optimizers).
+        weight_decay
+            L2 weight decay.
+        validation_size
+            Fraction of the query cells drawn (seeded by ``scvi.settings.seed``) for validation only: together with
+            the reference's validation cells they define the validation loss that selects the kept weights (their
+            unsupervised terms only; the classification term comes from reference cells). ``0``: validation on
+            the reference's validation cells alone (or none, keeping the last epoch, if the reference has none).
+        early_stopping
+            Stop when the validation loss has not improved for ``early_stopping_patience`` epochs.
+        early_stopping_patience
+            Patience of early stopping, in epochs.
+        accelerator, devices
+            Lightning accelerator and devices.
+        plan_kwargs
+            Keyword arguments of :class:`~unitednet.train.UnitedNetTrainingPlan`.
+        **trainer_kwargs
+            Passed to :class:`scvi.train.Trainer`.
+
+        Returns
+        -------
+        None. Writes ``query.obs["unitednet_split"]`` (categorical): ``"query_train"`` for the query cells the
+        unsupervised objectives trained on and ``"query_validation"`` for those used only in the validation loss;
+        nothing else is written to the query, and nothing to the reference MuData (its
+        ``obs["unitednet_split"]`` keeps the reference split). Appends the adaptation epochs to :attr:`history`,
+        sets ``best_epoch_`` (epoch of the kept weights within the adaptation run) and ``adaptation_`` (a dict:
+        ``modalities``, ``held_out``, ``objectives``, ``n_reference_train``, ``n_reference_validation``,
+        ``n_query_train``, ``n_query_validation``, ``first_epoch`` (first adaptation row of the history),
+        ``best_epoch``).
+        """
+        self._check_trained()
+        check_mudata(query)
+        if query is self.adata:
+            raise ValueError(
+                "The query is the registered (reference) MuData; adapting on it would train on its test cells. Pass "
+                "the new cells as their own MuData, e.g. `mdata[mdata.obs['unitednet_split'] == 'test'].copy()`."
+            )
+        if self.task_ not in TASK_OBJECTIVES or self.split_ is None:
+            raise RuntimeError("adapt needs a model trained with `model.train(...)` (task and reference split).")
+        known = {modality_key(m) for m in self.modalities} | {REGISTRY_KEYS.LABELS_KEY, REGISTRY_KEYS.BATCH_KEY}
+        extra = sorted(set(self.adata_manager.data_registry) - known)
+        if extra:
+            raise NotImplementedError(
+                f"{type(self).__name__} registers fields {extra} that adaptation cannot supply for query cells; "
+                "adapt supports models whose batches hold only the modalities, labels and batch."
+            )
+        held = [held_out] if isinstance(held_out, str) else list(held_out or [])
+        unknown = sorted(set(held) - set(self.modalities))
+        if unknown:
+            raise KeyError(
+                f"held_out names modalities {unknown} that are not registered; registered: {self.modalities}."
+            )
+        if modalities is None:
+            mods = [m for m in self.modalities if m not in held and self._measured(query, m)]
+        else:
+            mods = [modalities] if isinstance(modalities, str) else list(modalities)
+            clash = [m for m in mods if m in held]
+            if clash:
+                raise ValueError(
+                    f"Modalities {clash} are both held out for evaluation and requested for adaptation. A held-out "
+                    "modality never enters training: remove it from `modalities`, or from `held_out` if it is not "
+                    "an evaluation target."
+                )
+            if len(set(mods)) != len(mods):
+                raise ValueError(f"Modalities are listed twice: {mods}.")
+            missing = [m for m in mods if m not in query.mod]
+            if missing:
+                raise KeyError(f"The query has no modalities {missing}; it has {list(query.mod)}.")
+        if not mods:
+            raise ValueError(
+                f"The query has no modality to adapt on: the model's modalities are {self.modalities}, the query has "
+                f"{list(query.mod)}, held out: {held}."
+            )
+        self._resolve_mdata(query, mods)
+        objectives = list(objective_order) if objective_order is not None else list(TASK_OBJECTIVES[self.task_])
+        allowed = TASK_OBJECTIVES[self.task_]
+        if not objectives or len(set(objectives)) != len(objectives) or not set(objectives) <= set(allowed):
+            raise ValueError(
+                f"objective_order must list distinct objectives of the trained task {self.task_!r} "
+                f"({list(allowed)}); got {objectives}."
+            )
+        if not 0 <= validation_size < 1:
+            raise ValueError(f"validation_size must be in [0, 1), got {validation_size}.")
+
+        split = np.asarray(self.split_)
+        ref_train, ref_val, ref_test = (np.flatnonzero(split == s) for s in ("train", "validation", "test"))
+        seed = settings.seed if settings.seed is not None else 0
+        q_train, q_val, _ = stratified_split(query.n_obs, 1.0 - validation_size, validation_size, None, seed=seed)
+        if len(ref_train) + len(q_train) < 2:
+            raise ValueError("Adaptation needs at least two training cells.")
+
+        query_matrices = {m: self._matrix(query, m) for m in mods}
+        for m, X in query_matrices.items():
+            check_finite(X, f"Query modality {m!r}")
+        reference_matrices = {m: self._matrix(self.adata, m) for m in self.modalities}
+        reference_labels = None
+        if self.task_ == "supervised":
+            codes = self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)
+            reference_labels = np.asarray(codes).ravel().astype(int)
+
+        def sources(ref_idx, query_idx):
+            return [
+                CellSource(reference_matrices, ref_idx, reference_labels),
+                CellSource(query_matrices, query_idx, None),
+            ]
+
+        data_module = AdaptationDataModule(
+            sources(ref_train, q_train),
+            sources(ref_val, q_val),
+            n_features={m: self.n_features(m) for m in self.modalities},
+            n_objectives=len(objectives),
+            batch_size=batch_size,
+            train_idx=ref_train,
+            val_idx=ref_val,
+            test_idx=ref_test,
+        )
+        self.module.contrastive_group_negatives = bool({"classification", "clustering"} & set(objectives))
+        plan = self._training_plan_cls(self.module, objectives, lr=lr, weight_decay=weight_decay, **(plan_kwargs or {}))
+        if data_module.n_val:
+            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        elif early_stopping:
+            raise ValueError("early_stopping needs validation cells; set validation_size > 0.")
+        trainer_kwargs.setdefault("log_every_n_steps", 1)
+        first_epoch = 0
+        if isinstance(self.history_, Mapping) and self.history_:
+            first_epoch = max(len(v) for v in self.history_.values())
+        self.module.train()  # Lightning keeps the modes it finds: a trained model's module is in eval mode
+        runner = TrainRunner(
+            self,
+            training_plan=plan,
+            data_splitter=data_module,
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            early_stopping=early_stopping,
+            early_stopping_monitor="validation_loss",
+            early_stopping_patience=early_stopping_patience,
+            **trainer_kwargs,
+        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*number of training batches.*")
+            runner()
+
+        query_split = np.full(query.n_obs, "query_train", dtype=object)
+        query_split[q_val] = "query_validation"
+        query.obs[RESULT_KEYS.SPLIT] = pd.Categorical(query_split, categories=["query_train", "query_validation"])
+        self.best_epoch_ = plan.best_epoch
+        self.adaptation_ = {
+            "modalities": mods,
+            "held_out": held,
+            "objectives": objectives,
+            "n_reference_train": len(ref_train),
+            "n_reference_validation": len(ref_val),
+            "n_query_train": len(q_train),
+            "n_query_validation": len(q_val),
+            "first_epoch": first_epoch,
+            "best_epoch": plan.best_epoch,
+        }
 
     def _split(self, train_size: float, validation_size: float, split_key: str | None, supervised: bool):
         strata = self._strata(supervised)

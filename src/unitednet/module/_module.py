@@ -13,6 +13,20 @@ from unitednet.nn import MLP, Discriminator, GroupHeads, ModalityFusion
 
 from ._losses import contrastive_loss, ddc_loss, lsgan_loss, reconstruction_error, self_entropy_loss
 
+PRESENCE_PREFIX = "present_"
+UNLABELLED = -1
+"""Label code of cells without a label (query cells during adaptation): the classification loss skips them."""
+
+
+def presence_key(modality: str) -> str:
+    """Key of the per-cell presence flags of a modality in a minibatch (absent: the modality is not measured).
+
+    Batches of the registered MuData have no presence keys: every cell has every modality. Batches that mix cells
+    with different modalities (reference and query cells during :meth:`~unitednet.model.UnitedNetModel.adapt`) hold,
+    per modality, a zero-filled matrix where the modality is absent and a boolean vector under this key.
+    """
+    return f"{PRESENCE_PREFIX}{modality}"
+
 
 class _Standardizer(nn.Module):
     """Per-feature location and scale of one modality (identity until set from training cells)."""
@@ -74,7 +88,7 @@ class UnitedNetModule(BaseModuleClass):
         n_latent: int = 32,
         n_hidden: int = 256,
         n_layers: int = 2,
-        dropout_rate: float = 0.1,
+        dropout_rate: float = 0.3,
         use_batch_norm: bool = True,
         fusion: Literal["modality", "feature"] = "modality",
         n_heads: int = 1,
@@ -138,7 +152,11 @@ class UnitedNetModule(BaseModuleClass):
         self.standardizers[modality].scale.copy_(torch.as_tensor(scale, dtype=torch.float32))
 
     def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict:
-        return {"x": {m: tensors[modality_key(m)] for m in self.modalities if modality_key(m) in tensors}}
+        inputs: dict = {"x": {m: tensors[modality_key(m)] for m in self.modalities if modality_key(m) in tensors}}
+        present = {m: tensors[presence_key(m)] for m in inputs["x"] if presence_key(m) in tensors}
+        if present:
+            inputs["present"] = present
+        return inputs
 
     def _get_generative_input(self, tensors: dict[str, torch.Tensor], inference_outputs: dict) -> dict:
         return {"z": inference_outputs["z"]}
@@ -153,16 +171,81 @@ class UnitedNetModule(BaseModuleClass):
             return torch.sigmoid(out)
         return self.standardizers[modality].inverse(out)
 
+    # ------------------------------------------------------------------ cells with a subset of the modalities
+    def presence(self, present: Mapping[str, torch.Tensor], modalities, n_obs: int) -> dict[str, torch.Tensor]:
+        """Boolean presence of each given modality per cell, as the networks use it.
+
+        A modality without flags is present in every cell. In training mode a modality present in a single cell of
+        the minibatch is treated as absent there (batch normalisation needs two cells); modalities present in no
+        cell are left out.
+        """
+        out = {}
+        for m in modalities:
+            flags = present.get(m)
+            mask = torch.ones(n_obs, dtype=torch.bool) if flags is None else flags.reshape(-1).bool()
+            n_present = int(mask.sum())
+            if n_present == 0 or (self.training and n_present < 2):
+                continue
+            out[m] = mask
+        return out
+
+    def fuse(self, z: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Fused latent of every cell.
+
+        Without ``present`` every latent holds all cells and the fusion module weighs them. With ``present``, ``z[m]``
+        holds only the cells where ``m`` is present (in cell order) and each cell's fusion weights are renormalised
+        over its own modalities, as :class:`~unitednet.nn.ModalityFusion` does for a whole query; a cell with no
+        modality gets a zero latent.
+        """
+        if present is None:
+            return self.fusion(z)
+        mods = [m for m in self.fusion.modalities if m in z]
+        n_obs = next(iter(present.values())).shape[0]
+        first = z[mods[0]]
+        logits = self.fusion.logits[[self.fusion.modalities.index(m) for m in mods]]  # modalities x (1 or n_latent)
+        dense = torch.stack(
+            [first.new_zeros(n_obs, first.shape[1]).index_copy(0, self._rows(present[m]), z[m]) for m in mods]
+        )
+        mask = torch.stack([present[m].to(first.device) for m in mods]).unsqueeze(-1)  # modalities x cells x 1
+        scores = logits.unsqueeze(1).expand(len(mods), n_obs, logits.shape[1]).masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(scores, dim=0).nan_to_num(0.0)  # a cell with no modality: all -inf -> NaN -> 0
+        return (weights * dense).sum(0)
+
+    @staticmethod
+    def _rows(mask: torch.Tensor) -> torch.Tensor:
+        return torch.nonzero(mask, as_tuple=False).reshape(-1)
+
     @auto_move_data
-    def inference(self, x: Mapping[str, torch.Tensor]) -> dict:
+    def inference(self, x: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor] | None = None) -> dict:
         """Encode the modalities given (any non-empty subset) and fuse their latents.
 
-        Returns a dict with ``z`` (latent per modality) and ``z_fused``.
+        Parameters
+        ----------
+        x
+            Input per modality, cells x features.
+        present
+            Optional boolean presence per cell for some modalities (see :func:`presence_key`): each encoder then
+            reads only the cells where its modality is present.
+
+        Returns
+        -------
+        Dict with ``z`` (latent per modality) and ``z_fused`` (every cell). With ``present``, ``z[m]`` holds only the
+        cells where ``m`` is present, ``present`` holds the presence used (see :meth:`presence`) and ``cells`` flags
+        the cells with at least one modality.
         """
         if not x:
             raise ValueError("At least one registered modality is needed to encode cells.")
-        z = {m: self.encoders[m](self.standardize(m, x[m])) for m in self.modalities if m in x}
-        return {"z": z, "z_fused": self.fusion(z)}
+        if present is None:
+            z = {m: self.encoders[m](self.standardize(m, x[m])) for m in self.modalities if m in x}
+            return {"z": z, "z_fused": self.fuse(z)}
+        n_obs = next(iter(x.values())).shape[0]
+        mask = self.presence(present, [m for m in self.modalities if m in x], n_obs)
+        mask = {m: v.to(x[m].device) for m, v in mask.items()}
+        if not mask:
+            raise ValueError("No modality is present in this minibatch.")
+        z = {m: self.encoders[m](self.standardize(m, x[m][mask[m]])) for m in mask}
+        cells = torch.stack(list(mask.values())).any(0)
+        return {"z": z, "z_fused": self.fuse(z, mask), "present": mask, "cells": cells}
 
     @auto_move_data
     def generative(self, z: Mapping[str, torch.Tensor]) -> dict:
@@ -175,12 +258,33 @@ class UnitedNetModule(BaseModuleClass):
             raise ValueError("This model has no group heads: it was trained for translation only.")
         return self.heads.forward_head(z_fused, int(self.best_head) if head is None else head)[1]
 
+    def _observed(self, tensors, modality: str, present: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
+        """Standardised input of a modality for the cells where it is present (all cells without presence flags)."""
+        x = self.standardize(modality, tensors[modality_key(modality)])
+        return x if present is None else x[present[modality]]
+
+    def _batch_presence(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """Presence used by :meth:`inference` for this batch (``None`` when the batch has no presence flags)."""
+        inputs = self._get_inference_input(tensors)
+        if "present" not in inputs:
+            return None
+        n_obs = next(iter(inputs["x"].values())).shape[0]
+        return self.presence(inputs["present"], list(inputs["x"]), n_obs)
+
     def discriminator_loss(self, tensors: dict[str, torch.Tensor], generative_outputs: dict) -> torch.Tensor:
-        """Least-squares loss of the discriminators on real profiles vs *detached* reconstructions."""
+        """Least-squares loss of the discriminators on real profiles vs *detached* reconstructions.
+
+        Each discriminator sees the cells where its modality is present; the terms are averaged over those modalities.
+        """
+        present = self._batch_presence(tensors)
+        x_hat = generative_outputs["x_hat"]
         terms = []
         for m in self.modalities:
-            real = self.standardize(m, tensors[modality_key(m)])
-            fake = self._discriminator_input(m, generative_outputs["x_hat"][m][m].detach())
+            if m not in x_hat[m]:
+                continue
+            present_m = None if present is None else {m: present[m].to(x_hat[m][m].device)}
+            real = self._observed(tensors, m, present_m)
+            fake = self._discriminator_input(m, x_hat[m][m].detach())
             d = self.discriminators[m]
             terms.append(0.5 * (lsgan_loss(d(real), 1.0) + lsgan_loss(d(fake), 0.0)))
         return torch.stack(terms).mean()
@@ -189,32 +293,57 @@ class UnitedNetModule(BaseModuleClass):
         return torch.sigmoid(out) if self.likelihoods[modality] == "bernoulli" else out
 
     def _translation_terms(self, tensors, inference_outputs, generative_outputs) -> dict[str, torch.Tensor]:
-        x = {m: self.standardize(m, tensors[modality_key(m)]) for m in self.modalities}
-        x_hat = generative_outputs["x_hat"]
-        recon = [reconstruction_error(x_hat[m][m], x[m], self.likelihoods[m]) for m in self.modalities]
-        trans = [
-            reconstruction_error(x_hat[t][s], x[t], self.likelihoods[t])
-            for t in self.modalities
-            for s in self.modalities
-            if s != t
-        ]
-        gen = [
-            lsgan_loss(self.discriminators[m](self._discriminator_input(m, x_hat[m][m])), 1.0) for m in self.modalities
-        ]
+        """Reconstruction, translation, generator and contrastive terms.
+
+        With presence flags each term is computed on the cells holding the modalities it compares: reconstruction
+        and generator per present modality, translation ``s -> t`` and the contrastive pair ``(a, b)`` on the cells
+        with both; every term is the mean over the modalities or pairs that have such cells.
+        """
         z = inference_outputs["z"]
+        present = inference_outputs.get("present")
+        mods = [m for m in self.modalities if m in z]
+        x = {m: self._observed(tensors, m, present) for m in mods}
+        x_hat = generative_outputs["x_hat"]
+        recon = [reconstruction_error(x_hat[m][m], x[m], self.likelihoods[m]) for m in mods]
+        trans = []
+        for t in mods:
+            for s in mods:
+                if s == t:
+                    continue
+                if present is None:
+                    trans.append(reconstruction_error(x_hat[t][s], x[t], self.likelihoods[t]))
+                    continue
+                both = present[s] & present[t]
+                if not bool(both.any()):
+                    continue
+                # rows of the s-cells (x_hat[t][s]) and of the t-cells (x[t]) that hold both modalities
+                pred = x_hat[t][s][both[present[s]]]
+                trans.append(reconstruction_error(pred, x[t][both[present[t]]], self.likelihoods[t]))
+        gen = [lsgan_loss(self.discriminators[m](self._discriminator_input(m, x_hat[m][m])), 1.0) for m in mods]
         zero = recon[0].new_zeros(())
         contrast = []
-        if len(self.modalities) > 1:
+        if len(mods) > 1:
             groups = None
             if self.heads is not None and self.contrastive_group_negatives:
                 with torch.no_grad():
                     groups = self.group_logits(inference_outputs["z_fused"]).argmax(1)
-            proj = {m: self.latent_projector(z[m]) for m in self.modalities}
-            contrast = [
-                contrastive_loss(proj[a], proj[b], groups, self.contrastive_temperature)
-                for i, a in enumerate(self.modalities)
-                for b in self.modalities[i + 1 :]
-            ]
+            proj = {m: self.latent_projector(z[m]) for m in mods}
+            for i, a in enumerate(mods):
+                for b in mods[i + 1 :]:
+                    if present is None:
+                        contrast.append(contrastive_loss(proj[a], proj[b], groups, self.contrastive_temperature))
+                        continue
+                    both = present[a] & present[b]
+                    if int(both.sum()) < 2:
+                        continue
+                    contrast.append(
+                        contrastive_loss(
+                            proj[a][both[present[a]]],
+                            proj[b][both[present[b]]],
+                            None if groups is None else groups[both],
+                            self.contrastive_temperature,
+                        )
+                    )
         return {
             "reconstruction": torch.stack(recon).mean(),
             "translation": torch.stack(trans).mean() if trans else zero,
@@ -223,16 +352,32 @@ class UnitedNetModule(BaseModuleClass):
         }
 
     def _head_terms(self, tensors, inference_outputs, objective: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Loss terms of a head objective and the loss of each head (``None`` when no cell of the batch counts).
+
+        Classification reads only labelled cells (label code >= 0); clustering uses every cell with a modality.
+        """
         if self.heads is None:
             raise ValueError(f"The {objective!r} objective needs group heads; build the model with n_groups > 0.")
+        cells = inference_outputs.get("cells")
         if objective == "classification":
             labels = tensors[REGISTRY_KEYS.LABELS_KEY].view(-1).long()
             _, logits = self.heads(inference_outputs["z_fused"])
+            labelled = labels >= 0
+            if cells is not None:
+                labelled = labelled & cells.to(labelled.device)
+            if not bool(labelled.all()):
+                if not bool(labelled.any()):
+                    return {}, None  # no labelled cell in this batch: no term, no step, no head comparison
+                logits = [lg[labelled] for lg in logits]
+                labels = labels[labelled]
             per_head = torch.stack([F.cross_entropy(lg, labels, weight=self.class_weights) for lg in logits])
             return {"classification": per_head.mean()}, per_head.detach()
         # clustering: by default the DDC terms update fusion and heads only, so the encoders' latents are detached
         z = inference_outputs["z"]
-        z_fused = self.fusion(z if self.clustering_updates_encoders else {m: zm.detach() for m, zm in z.items()})
+        z_in = z if self.clustering_updates_encoders else {m: zm.detach() for m, zm in z.items()}
+        z_fused = self.fuse(z_in, inference_outputs.get("present"))
+        if cells is not None and not bool(cells.all()):
+            z_fused = z_fused[cells]
         hidden, logits = self.heads(z_fused)
         probs = [torch.softmax(lg, dim=1) for lg in logits]
         ddc = torch.stack([ddc_loss(h, p, self.ddc_rel_sigma) for h, p in zip(hidden, probs, strict=True)])
@@ -250,7 +395,8 @@ class UnitedNetModule(BaseModuleClass):
         """Weighted loss of one training objective.
 
         ``extra_metrics`` holds every unweighted term of the objective and, for head objectives, ``head_losses``
-        (one value per head, used to select the best head).
+        (one value per head, used to select the best head). A classification batch without labelled cells has no
+        terms and a zero loss that does not require a gradient: the training plan then skips the step.
         """
         if objective not in OBJECTIVE_LOSSES:
             raise ValueError(f"Unknown objective {objective!r}; choose one of {sorted(OBJECTIVE_LOSSES)}.")
@@ -263,23 +409,26 @@ class UnitedNetModule(BaseModuleClass):
             terms.update(head_terms)
             if objective == "clustering":
                 x_hat = generative_outputs["x_hat"]
+                present = inference_outputs.get("present")
                 terms["reconstruction"] = torch.stack(
                     [
-                        reconstruction_error(
-                            x_hat[m][m], self.standardize(m, tensors[modality_key(m)]), self.likelihoods[m]
-                        )
+                        reconstruction_error(x_hat[m][m], self._observed(tensors, m, present), self.likelihoods[m])
                         for m in self.modalities
+                        if m in inference_outputs["z"]
                     ]
                 ).mean()
-        total = sum(self.loss_weights[k] * v for k, v in terms.items())
+        # no term at all (a classification batch without labelled cells): a zero loss without gradient
+        total = sum(
+            (self.loss_weights[k] * v for k, v in terms.items()), start=inference_outputs["z_fused"].new_zeros(())
+        )
         extra = dict(terms)
         if head_losses is not None:
             extra["head_losses"] = head_losses
-        n_obs = next(iter(inference_outputs["z"].values())).shape[0]
+        n_obs = inference_outputs["z_fused"].shape[0]
         return LossOutput(loss=total, extra_metrics=extra, n_obs_minibatch=n_obs)
 
     def forward_all(self, tensors: dict[str, torch.Tensor]) -> tuple[dict, dict]:
-        """Inference and generative outputs for a batch holding every modality."""
+        """Inference and generative outputs for a batch (every modality, or presence flags per cell)."""
         inference_outputs = self.inference(**self._get_inference_input(tensors))
         generative_outputs = self.generative(**self._get_generative_input(tensors, inference_outputs))
         return inference_outputs, generative_outputs

@@ -145,6 +145,17 @@ class GroupHeads(nn.Module):
         logits = hidden @ F.normalize(self.weights[head], dim=1).T
         return hidden, logits
 
+    @torch.no_grad()
+    def set_group_directions(self, head: int, centres: torch.Tensor) -> None:
+        """Point one head's group rows at ``centres`` (groups x hidden), e.g. cluster centres of its projector output.
+
+        Rows are L2-normalised in every forward pass, so only the directions of ``centres`` matter.
+        """
+        weight = self.weights[head]
+        if tuple(centres.shape) != tuple(weight.shape):
+            raise ValueError(f"centres must have shape {tuple(weight.shape)}, got {tuple(centres.shape)}.")
+        weight.copy_(F.normalize(centres.to(weight), dim=1))
+
     def forward(self, z: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Projector outputs and group logits of every head."""
         outs = [self.forward_head(z, h) for h in range(self.n_heads)]

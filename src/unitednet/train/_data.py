@@ -1,11 +1,18 @@
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
+import torch
+from scipy import sparse
 from scvi.data import AnnDataManager
 from scvi.dataloaders import AnnDataLoader
+
+from unitednet._constants import REGISTRY_KEYS, modality_key
+from unitednet.module._module import UNLABELLED, presence_key
 
 
 def stratified_split(
@@ -62,7 +69,7 @@ class _ObjectiveCycle:
     alternating schedule.
     """
 
-    def __init__(self, loader: AnnDataLoader, n_objectives: int):
+    def __init__(self, loader: Iterable[dict], n_objectives: int):
         self.loader = loader
         self.n_objectives = n_objectives
 
@@ -121,3 +128,141 @@ class UnitedNetDataModule(pl.LightningDataModule):
         if self.n_val == 0:
             return []
         return AnnDataLoader(self.adata_manager, indices=self.val_idx, batch_size=self.batch_size, shuffle=False)
+
+
+@dataclass
+class CellSource:
+    """Cells of one MuData for :class:`MixedCellLoader`.
+
+    Parameters
+    ----------
+    matrices
+        One matrix (dense or sparse, cells x features in model order) per modality this source provides; the
+        modalities it lacks are absent in its cells. Only the rows in ``indices`` are ever read.
+    indices
+        Rows of the matrices that belong to the loader.
+    labels
+        Label code per row of the matrices, or ``None``: every cell unlabelled (code ``-1``).
+    """
+
+    matrices: Mapping[str, Any]
+    indices: np.ndarray
+    labels: np.ndarray | None = None
+
+    def __post_init__(self):
+        self.indices = np.asarray(self.indices, dtype=int)
+
+
+class MixedCellLoader:
+    """Minibatches that mix cells of several sources, each source with its own modalities.
+
+    Every batch holds, for each model modality, a float32 matrix (zeros for cells whose source lacks the modality,
+    which no loss reads) and boolean presence flags (:func:`~unitednet.module._module.presence_key`), plus the label
+    codes (``-1``: unlabelled). The sources are shuffled separately and dealt into the same number of batches, so each
+    batch holds every source in proportion. Sparse matrices are densified one batch at a time.
+
+    Parameters
+    ----------
+    sources
+        The cell sources.
+    n_features
+        Number of features of each model modality (the order is the model's).
+    batch_size
+        Approximate minibatch size.
+    shuffle
+        Draw a new random order each epoch (torch's global generator, seeded by ``scvi.settings.seed``).
+    """
+
+    def __init__(
+        self, sources: Sequence[CellSource], n_features: Mapping[str, int], batch_size: int, shuffle: bool = True
+    ):
+        if batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 (batch normalisation), got {batch_size}.")
+        self.sources = [s for s in sources if len(s.indices)]
+        self.n_features = dict(n_features)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.n_obs = sum(len(s.indices) for s in self.sources)
+
+    def __len__(self) -> int:
+        return int(np.ceil(self.n_obs / self.batch_size)) if self.n_obs else 0
+
+    def _order(self, source: CellSource) -> np.ndarray:
+        if not self.shuffle:
+            return source.indices
+        return source.indices[torch.randperm(len(source.indices)).numpy()]
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        n_batches = len(self)
+        chunks = [np.array_split(self._order(s), n_batches) for s in self.sources]
+        for k in range(n_batches):
+            parts = [(s, c[k]) for s, c in zip(self.sources, chunks, strict=True) if len(c[k])]
+            if sum(len(rows) for _, rows in parts) < 2:
+                continue  # batch normalisation cannot train on a single cell
+            yield self._collate(parts)
+
+    def _collate(self, parts: Sequence[tuple[CellSource, np.ndarray]]) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for m, n_features in self.n_features.items():
+            blocks, flags = [], []
+            for source, rows in parts:
+                if m in source.matrices:
+                    block = source.matrices[m][rows]
+                    blocks.append(block.toarray() if sparse.issparse(block) else np.asarray(block))
+                    flags.append(np.ones(len(rows), dtype=bool))
+                else:
+                    blocks.append(np.zeros((len(rows), n_features), dtype=np.float32))
+                    flags.append(np.zeros(len(rows), dtype=bool))
+            out[modality_key(m)] = torch.as_tensor(np.concatenate(blocks).astype(np.float32, copy=False))
+            out[presence_key(m)] = torch.as_tensor(np.concatenate(flags))
+        labels = [
+            np.full(len(rows), UNLABELLED) if source.labels is None else np.asarray(source.labels)[rows]
+            for source, rows in parts
+        ]
+        out[REGISTRY_KEYS.LABELS_KEY] = torch.as_tensor(np.concatenate(labels).astype(np.float32)).view(-1, 1)
+        return out
+
+
+class AdaptationDataModule(pl.LightningDataModule):
+    """Train and validation loaders of :meth:`~unitednet.model.UnitedNetModel.adapt`: reference and query cells mixed.
+
+    Parameters
+    ----------
+    train_sources, val_sources
+        Cell sources of the training and validation loaders.
+    n_features
+        Number of features of each model modality.
+    n_objectives
+        Number of alternating objectives per epoch.
+    batch_size
+        Minibatch size.
+    train_idx, val_idx, test_idx
+        Reference cells of each split (reported to scvi-tools as the model's indices; test cells are never loaded).
+    """
+
+    def __init__(
+        self,
+        train_sources: Sequence[CellSource],
+        val_sources: Sequence[CellSource],
+        n_features: Mapping[str, int],
+        n_objectives: int,
+        batch_size: int = 128,
+        train_idx: Sequence[int] = (),
+        val_idx: Sequence[int] = (),
+        test_idx: Sequence[int] = (),
+    ):
+        super().__init__()
+        self.train_loader = MixedCellLoader(train_sources, n_features, batch_size, shuffle=True)
+        self.val_loader = MixedCellLoader(val_sources, n_features, batch_size, shuffle=False)
+        self.n_train = self.train_loader.n_obs
+        self.n_val = self.val_loader.n_obs
+        self.n_objectives = n_objectives
+        self.train_idx = np.asarray(train_idx, dtype=int)
+        self.val_idx = np.asarray(val_idx, dtype=int)
+        self.test_idx = np.asarray(test_idx, dtype=int)
+
+    def train_dataloader(self) -> _ObjectiveCycle:
+        return _ObjectiveCycle(self.train_loader, self.n_objectives)
+
+    def val_dataloader(self) -> MixedCellLoader | list:
+        return self.val_loader if self.n_val else []

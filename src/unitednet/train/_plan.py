@@ -41,6 +41,13 @@ class UnitedNetTrainingPlan(pl.LightningModule):
         Maximum gradient norm per objective step.
     head_selection_window
         Number of recent epochs averaged to select the best head.
+    cluster_init_epoch
+        For the clustering objective: at the start of this epoch (0-based) each head's group rows are pointed at the
+        centres of a spherical k-means (one seed per head, drawn from torch's generator) of that head's projector
+        output on the training cells, the usual initialisation of deep clustering, so that DDC refines a sensible
+        partition of the latent space learnt so far instead of a random one. Selection of the best weights on the
+        validation loss starts again at this epoch, and the clustering optimizer's state is reset. ``None``, or a
+        run shorter than this, keeps the random initialisation.
     """
 
     def __init__(
@@ -51,6 +58,7 @@ class UnitedNetTrainingPlan(pl.LightningModule):
         weight_decay: float = 0.0,
         gradient_clip_norm: float = 25.0,
         head_selection_window: int = 5,
+        cluster_init_epoch: int | None = 20,
     ):
         super().__init__()
         self.module = module
@@ -59,6 +67,9 @@ class UnitedNetTrainingPlan(pl.LightningModule):
         self.weight_decay = weight_decay
         self.gradient_clip_norm = gradient_clip_norm
         self.head_selection_window = head_selection_window
+        if cluster_init_epoch is not None and cluster_init_epoch < 0:
+            raise ValueError(f"cluster_init_epoch must be >= 0 or None, got {cluster_init_epoch}.")
+        self.cluster_init_epoch = cluster_init_epoch
         self.automatic_optimization = False
         self._groups = module.parameter_groups()
         self._optimizer_names = self.objectives + (["discriminator"] if "translation" in self.objectives else [])
@@ -77,6 +88,12 @@ class UnitedNetTrainingPlan(pl.LightningModule):
             for name in self._optimizer_names
         ]
 
+    def _optimizer_map(self) -> dict:
+        optimizers = self.optimizers()
+        if not isinstance(optimizers, list):  # Lightning unwraps a single optimizer
+            optimizers = [optimizers]
+        return dict(zip(self._optimizer_names, optimizers, strict=True))
+
     def _step(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], loss: torch.Tensor) -> None:
         optimizer.zero_grad()
         self.manual_backward(loss)
@@ -87,9 +104,11 @@ class UnitedNetTrainingPlan(pl.LightningModule):
         """One optimizer step of the batch's objective (plus the discriminator step for translation)."""
         objective_idx, tensors = batch
         objective = self.objectives[objective_idx]
-        optimizers = dict(zip(self._optimizer_names, self.optimizers(), strict=True))
+        optimizers = self._optimizer_map()
         inference_outputs, generative_outputs = self.module.forward_all(tensors)
         out = self.module.loss(tensors, inference_outputs, generative_outputs, objective=objective)
+        if not out.loss.requires_grad:
+            return  # nothing to learn from this batch (classification on a batch without labelled cells)
         self._step(optimizers[objective], self._groups[objective], out.loss)
         n = out.n_obs_minibatch
         metrics = dict(out.extra_metrics)
@@ -122,7 +141,7 @@ class UnitedNetTrainingPlan(pl.LightningModule):
             terms.update(metrics)
         if "translation" in self.objectives:
             terms["discriminator"] = self.module.discriminator_loss(tensors, generative_outputs)
-        n = next(iter(inference_outputs["z"].values())).shape[0]
+        n = inference_outputs["z_fused"].shape[0]
         weights = self.module.loss_weights
         total = sum(weights[k] * v for k, v in terms.items() if k in _SELECTION_TERMS)
         for name, value in terms.items():
@@ -144,6 +163,46 @@ class UnitedNetTrainingPlan(pl.LightningModule):
             self.best_validation_loss = float(value)
             self.best_epoch = self.current_epoch
             self.best_state = copy.deepcopy(self.module.state_dict())
+
+    def on_train_epoch_start(self) -> None:
+        """Initialise the clustering heads from k-means at ``cluster_init_epoch``."""
+        if (
+            self.cluster_init_epoch is None
+            or self.current_epoch != self.cluster_init_epoch
+            or self.module.heads is None
+            or "clustering" not in self.objectives
+        ):
+            return
+        self._initialise_heads_by_kmeans()
+
+    @torch.no_grad()
+    def _initialise_heads_by_kmeans(self) -> None:
+        from sklearn.cluster import KMeans
+
+        heads = self.module.heads
+        loader = self.trainer.datamodule.train_dataloader()
+        loader = getattr(loader, "loader", loader)  # the objective cycle wraps one pass over the training cells
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            z = torch.cat(
+                [self.module.inference(**self.module._get_inference_input(tensors))["z_fused"] for tensors in loader]
+            )
+            hidden = [torch.nn.functional.normalize(heads.projectors[h](z), dim=1) for h in range(heads.n_heads)]
+        finally:
+            self.module.train(was_training)
+        n_groups = heads.weights[0].shape[0]
+        if z.shape[0] < n_groups:
+            return  # fewer training cells than groups: keep the random initialisation
+        for h, x in enumerate(hidden):
+            seed = int(torch.randint(0, 2**31 - 1, ()).item())
+            kmeans = KMeans(n_clusters=n_groups, n_init=10, random_state=seed).fit(x.cpu().numpy())
+            heads.set_group_directions(h, torch.as_tensor(kmeans.cluster_centers_))
+        self._optimizer_map()["clustering"].state.clear()
+        self.best_validation_loss = float("inf")
+        self.best_state = None
+        self.best_epoch = None
+        self._head_history = []
 
     def on_train_epoch_end(self) -> None:
         """Without validation cells, select the best head on training losses."""
