@@ -8,21 +8,27 @@ Protocol:
   (the model's own stratified 90 / 10 train / validation split; best validation weights kept). Then
 
   * ``obs["major"]``: the major class, the part of ``cell_type_TEM`` before ``"-MET"`` (Sst, Pvalb, Vip, Lamp5,
-    Sncg). ``un.tl.feature_relevance(model, groupby="major", modalities=["rna"], n_cells_per_group=100)`` (timed):
-    the output explained for a cell is the logit of its predicted MET type, the relevance of a gene for a class the
-    mean absolute SHAP value over the class's sampled cells. Reported per class: the rank (1 = most relevant) of the
-    class's marker gene among the 1252 RNA features (Sst, Pvalb, Vip, Lamp5; Sncg as an extra), whether it is in the
-    top 10, and the top-10 genes.
-  * the same per predicted MET type (``groupby=None``, ``key_added="unitednet_relevance_fine"``, timed): the rank of
-    the marker of each type's major class.
-  * stability: ``un.tl.relevance_stability`` of the per-class RNA relevance matrices of all seeds (``top_k=20``):
-    mean / min / max pairwise Jaccard index of the top-20 gene sets per class (and the same for the MET types that
-    every seed predicts, as an extra).
+    Sncg). ``un.tl.feature_relevance(model, groupby="major", modalities=["rna"], n_cells_per_group=100, output=...,
+    background=..., method=...)`` (timed) for the default options and, with ``--compare`` (on by default), for every
+    option in ``COMPARED``: output ``"logit"`` (the logit of each cell's own MET type: the previous default, with
+    ``background="group_means"``), ``"log_proba"`` (log of the summed probability of the class's MET types) or
+    ``"log_odds"`` (that against the other types' summed probability); background ``"group_means"`` (the mean of each
+    predicted MET type's training cells) or ``"rest"`` (one reference per *other* major class: the mean of its
+    training cells); DeepExplainer (``"deep"``) or expected gradients (``"gradient"``). The relevance of a gene for
+    a class is its mean absolute SHAP value over the class's sampled cells. Reported per class and option: the rank
+    (1 = most relevant) of the class's marker gene among the 1252 RNA features (Sst, Pvalb, Vip, Lamp5; Sncg as an
+    extra), whether it is in the top 10, and (default) the top-10 genes.
+  * per predicted MET type (``groupby=None``, timed) under the default and the previous default: each type explained
+    through its own output (for ``"log_odds"``: against all other MET types, with the other types' means as
+    reference), and the rank of the marker of its major class.
+  * stability: ``un.tl.relevance_stability`` of the per-class RNA relevance matrices of all seeds (``top_k=20``) for
+    every option: mean / min / max pairwise Jaccard index of the top-20 gene sets per class (and the same for the MET
+    types that every seed predicts, as an extra).
 
 - BMMC Multiome (``--part bmmc``): ``unitednet.datasets.bmmc_multiome()`` (``rna`` gaussian, ``atac`` binary,
   bernoulli; labels ``cell_type``; ``batch_key="batch"``), seed 0, ``train("supervised", split_key="split",
   validation_size=0.1)`` (validation drawn from the s1d1 training cells). Timed: ``feature_relevance(model)`` (all
-  predicted cell types, both modalities) and ``cross_modal_relevance(model, source="atac", target="rna",
+  predicted cell types, both modalities, default options) and ``cross_modal_relevance(model, source="atac", target="rna",
   n_target_features=20, top_k=20)`` (ATAC -> RNA, the 20 most relevant genes of each cell type). Reported: runtimes,
   memory, sizes of the outputs and the top links of two cell types.
 
@@ -30,12 +36,13 @@ Memory: ``peak_rss_mb`` is the process peak so far (``ru_maxrss``, never decreas
 highest resident set size sampled every 20 ms during a step and ``delta`` its rise over the resident size before the
 step (torch tensors included, unlike ``tracemalloc``).
 
-Run from the repository root: ``python benchmarks/explain.py --part all``.
+Run from the repository root: ``python benchmarks/explain.py --part all`` (``--no-compare``: the default options only).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import threading
 import time
@@ -77,6 +84,19 @@ ACCEPTANCE_CLASSES = ("Sst", "Pvalb", "Vip", "Lamp5")  # Sncg is reported as an 
 N_CELLS_PER_GROUP = 100
 TOP_N = 10
 STABILITY_TOP_K = 20
+# feature_relevance options (output, background, method) compared by major class; the default always runs
+Variant = tuple[str, str, str]
+PREVIOUS_DEFAULT: Variant = ("logit", "group_means", "deep")
+COMPARED: tuple[Variant, ...] = (
+    ("logit", "group_means", "deep"),
+    ("log_proba", "group_means", "deep"),
+    ("log_odds", "group_means", "deep"),
+    ("logit", "rest", "deep"),
+    ("log_proba", "rest", "deep"),
+    ("log_odds", "rest", "deep"),
+    ("logit", "group_means", "gradient"),
+    ("log_odds", "rest", "gradient"),
+)
 
 BMMC_MODALITIES = ("rna", "atac")
 BMMC_LIKELIHOODS = {"rna": "gaussian", "atac": "bernoulli"}
@@ -102,6 +122,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS), help="Patch-seq model seeds")
     parser.add_argument("--max-epochs", type=int, default=DEFAULT_MAX_EPOCHS, help="UnitedNet epochs (both parts)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument(
+        "--compare",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Patch-seq: also run the other feature_relevance options (output x background x method)",
+    )
     parser.add_argument("--out", type=Path, default=default_json_path(NAME), help="JSON output path")
     args = parser.parse_args(argv)
     if args.max_epochs < 1:
@@ -175,8 +201,55 @@ def major_of(label: str) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 # Patch-seq
 # ---------------------------------------------------------------------------------------------------------------------
-def patchseq_seed(seed: int, args) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
-    """Train one supervised model and compute the major-class and MET-type RNA relevance."""
+def variant_name(variant: Variant) -> str:
+    """``output/background/method``."""
+    return "/".join(variant)
+
+
+def default_variant() -> Variant:
+    """The defaults of ``unitednet.tl.feature_relevance`` (read from its signature, so the label cannot drift)."""
+    import unitednet as un
+
+    params = inspect.signature(un.tl.feature_relevance).parameters
+    return (params["output"].default, params["background"].default, params["method"].default)
+
+
+def class_ranks(rel: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Marker rank and top-10 genes of each column of a relevance matrix whose columns are major classes."""
+    out = {}
+    for cls in rel.columns:
+        col = rel[cls]
+        marker = MARKERS.get(cls)
+        rank = marker_rank(col, marker) if marker in col.index else None
+        out[cls] = {
+            "marker": marker,
+            "marker_rank": rank,
+            "marker_in_top10": None if rank is None else rank <= TOP_N,
+            "top10": list(col.sort_values(ascending=False).index[:TOP_N]),
+        }
+    return out
+
+
+def fine_ranks(rel: pd.DataFrame, counts: pd.Series) -> dict[str, dict[str, Any]]:
+    """Rank of the major-class marker in the relevance of each MET type."""
+    out = {}
+    for group in rel.columns:
+        col = rel[group]
+        marker = MARKERS.get(major_of(group))
+        rank = marker_rank(col, marker) if marker in col.index else None
+        out[group] = {
+            "major": major_of(group),
+            "marker": marker,
+            "marker_rank": rank,
+            "marker_in_top10": None if rank is None else rank <= TOP_N,
+            "top5": list(col.sort_values(ascending=False).index[:5]),
+            "n_predicted_cells": int(counts.get(group, 0)),
+        }
+    return out
+
+
+def patchseq_seed(seed: int, args, variants: list[Variant], fine_variants: list[Variant]):
+    """Train one supervised model; relevance by major class under every variant, by MET type under some."""
     import scvi
 
     import unitednet as un
@@ -202,178 +275,212 @@ def patchseq_seed(seed: int, args) -> tuple[dict[str, Any], pd.DataFrame, pd.Dat
     result["major_accuracy_all_cells"] = float(
         np.mean([major_of(p) == major_of(t) for p, t in zip(predicted, truth, strict=True)])
     )
-
-    # major classes
-    with timer() as t_major, rss_sampler() as mem_major:
-        un.tl.feature_relevance(
-            model, groupby=MAJOR_KEY, modalities=["rna"], n_cells_per_group=N_CELLS_PER_GROUP, n_top=TOP_N
-        )
-    rel_major = pd.DataFrame(mdata.mod["rna"].varm["unitednet_relevance"], index=mdata.mod["rna"].var_names)
-    majors = {}
-    for cls in rel_major.columns:
-        col = rel_major[cls]
-        top = list(col.sort_values(ascending=False).index[:TOP_N])
-        marker = MARKERS.get(cls)
-        rank = marker_rank(col, marker) if marker in col.index else None
-        majors[cls] = {
-            "marker": marker,
-            "marker_rank": rank,
-            "marker_in_top10": None if rank is None else rank <= TOP_N,
-            "top10": top,
-            "n_cells_explained": int(min(N_CELLS_PER_GROUP, (mdata.obs[MAJOR_KEY] == cls).sum())),
-        }
-    result["major"] = {
-        "relevance_s": t_major.seconds,
-        "memory": mem_major.as_dict(),
-        "shape": list(rel_major.shape),
-        "classes": majors,
-    }
-
-    # MET types (predicted groups)
-    with timer() as t_fine, rss_sampler() as mem_fine:
-        un.tl.feature_relevance(
-            model, modalities=["rna"], n_cells_per_group=N_CELLS_PER_GROUP, n_top=TOP_N, key_added=FINE_KEY
-        )
-    rel_fine = pd.DataFrame(mdata.mod["rna"].varm[FINE_KEY], index=mdata.mod["rna"].var_names)
     counts = pd.Series(predicted).value_counts()
-    fine = {}
-    for group in rel_fine.columns:
-        col = rel_fine[group]
-        marker = MARKERS.get(major_of(group))
-        rank = marker_rank(col, marker) if marker in col.index else None
-        fine[group] = {
-            "major": major_of(group),
-            "marker": marker,
-            "marker_rank": rank,
-            "marker_in_top10": None if rank is None else rank <= TOP_N,
-            "top5": list(col.sort_values(ascending=False).index[:5]),
-            "n_predicted_cells": int(counts.get(group, 0)),
+    rna_names = mdata.mod["rna"].var_names
+    major_rel: dict[str, pd.DataFrame] = {}
+    fine_rel: dict[str, pd.DataFrame] = {}
+    result["major"], result["fine"] = {}, {}
+    for variant in variants:
+        output, background, method = variant
+        key = f"rel_{output}_{background}_{method}"
+        with timer() as t_major, rss_sampler() as mem_major:
+            un.tl.feature_relevance(
+                model,
+                groupby=MAJOR_KEY,
+                modalities=["rna"],
+                n_cells_per_group=N_CELLS_PER_GROUP,
+                n_top=TOP_N,
+                output=output,
+                background=background,
+                method=method,
+                key_added=key,
+            )
+        rel = pd.DataFrame(mdata.mod["rna"].varm[key], index=rna_names)
+        major_rel[variant_name(variant)] = rel
+        result["major"][variant_name(variant)] = {
+            "relevance_s": t_major.seconds,
+            "memory": mem_major.as_dict(),
+            "shape": list(rel.shape),
+            "classes": class_ranks(rel),
         }
-    result["fine"] = {
-        "relevance_s": t_fine.seconds,
-        "memory": mem_fine.as_dict(),
-        "shape": list(rel_fine.shape),
-        "n_groups_predicted": int(rel_fine.shape[1]),
-        "groups": fine,
-    }
+        if variant not in fine_variants:
+            continue
+        # MET types: the predicted groups (groupby=None), each explained through its own type's output
+        key_fine = f"{key}_fine"
+        with timer() as t_fine, rss_sampler() as mem_fine:
+            un.tl.feature_relevance(
+                model,
+                modalities=["rna"],
+                n_cells_per_group=N_CELLS_PER_GROUP,
+                n_top=TOP_N,
+                output=output,
+                background=background,
+                method=method,
+                key_added=key_fine,
+            )
+        rel_fine = pd.DataFrame(mdata.mod["rna"].varm[key_fine], index=rna_names)
+        fine_rel[variant_name(variant)] = rel_fine
+        result["fine"][variant_name(variant)] = {
+            "relevance_s": t_fine.seconds,
+            "memory": mem_fine.as_dict(),
+            "shape": list(rel_fine.shape),
+            "n_groups_predicted": int(rel_fine.shape[1]),
+            "groups": fine_ranks(rel_fine, counts),
+        }
     result["peak_rss_mb"] = peak_rss_mb()
-    return result, rel_major, rel_fine
+    return result, major_rel, fine_rel
 
 
 def run_patchseq(args) -> dict[str, Any]:
-    """All seeds, then the stability of the relevance across seeds."""
+    """All seeds under every variant, then the stability of the relevance across seeds."""
     import unitednet as un
 
-    seeds, rel_major, rel_fine = [], [], []
+    default = default_variant()
+    variants = [default] + [v for v in (COMPARED if args.compare else ()) if v != default]
+    fine_variants = [default] + [v for v in (PREVIOUS_DEFAULT,) if args.compare and v != default]
+    seeds, major_rel, fine_rel = [], [], []
     for seed in args.seeds:
         with timer() as t_seed:
-            res, major, fine = patchseq_seed(seed, args)
+            res, major, fine = patchseq_seed(seed, args, variants, fine_variants)
         res["seed_s"] = t_seed.seconds
         seeds.append(res)
-        rel_major.append(major)
-        rel_fine.append(fine)
-        ranks = ", ".join(f"{c} {v['marker_rank']}" for c, v in res["major"]["classes"].items())
+        major_rel.append(major)
+        fine_rel.append(fine)
+        for name, info in res["major"].items():
+            ranks = ", ".join(f"{c} {v['marker_rank']}" for c, v in info["classes"].items())
+            print(f"patchseq seed {seed} {name}: {info['relevance_s']:.1f} s; marker ranks: {ranks}", flush=True)
         print(
             f"patchseq seed {seed}: train {res['train_s']:.1f} s (best epoch {res['best_epoch']}, validation acc "
-            f"{res['accuracy_validation']:.3f}); major relevance {res['major']['relevance_s']:.1f} s, MET-type "
-            f"relevance {res['fine']['relevance_s']:.1f} s ({res['fine']['n_groups_predicted']} groups); marker "
-            f"ranks: {ranks}; peak RSS {res['peak_rss_mb']:.0f} MB",
+            f"{res['accuracy_validation']:.3f}); seed total {res['seed_s']:.1f} s; peak RSS {res['peak_rss_mb']:.0f} MB",
             flush=True,
         )
-    out: dict[str, Any] = {"seeds": seeds}
-    if len(rel_major) >= 2:
-        stab = un.tl.relevance_stability(rel_major, top_k=STABILITY_TOP_K)
-        out["stability_major"] = stab.to_dict(orient="index")
-        shared = set.intersection(*(set(r.columns) for r in rel_fine))
-        stab_fine = un.tl.relevance_stability(rel_fine, top_k=STABILITY_TOP_K) if shared else pd.DataFrame()
-        out["stability_fine"] = stab_fine.to_dict(orient="index")
+    out: dict[str, Any] = {
+        "default": variant_name(default),
+        "previous_default": variant_name(PREVIOUS_DEFAULT),
+        "variants": [variant_name(v) for v in variants],
+        "fine_variants": [variant_name(v) for v in fine_variants],
+        "seeds": seeds,
+    }
+    if len(seeds) >= 2:
+        out["stability_major"] = {
+            name: un.tl.relevance_stability([r[name] for r in major_rel], top_k=STABILITY_TOP_K).to_dict(orient="index")
+            for name in out["variants"]
+        }
+        out["stability_fine"] = {}
+        for name in out["fine_variants"]:
+            rels = [r[name] for r in fine_rel]
+            shared = set.intersection(*(set(r.columns) for r in rels))
+            stab = un.tl.relevance_stability(rels, top_k=STABILITY_TOP_K) if shared else pd.DataFrame()
+            out["stability_fine"][name] = stab.to_dict(orient="index")
     return out
+
+
+def _ranks_cell(seeds: list[dict[str, Any]], level: str, variant: str, group: str) -> str:
+    """``r0/r1/r2`` ranks of one group's marker over the seeds (``-`` where the group is missing)."""
+    ranks = []
+    for s in seeds:
+        info = s[level].get(variant, {}).get("classes" if level == "major" else "groups", {}).get(group)
+        ranks.append("-" if info is None or info["marker_rank"] is None else str(info["marker_rank"]))
+    return "/".join(ranks)
 
 
 def print_patchseq(res: dict[str, Any], threads: int) -> None:
     """Tables of the Patch-seq part."""
     seeds = res["seeds"]
-    classes = sorted({c for s in seeds for c in s["major"]["classes"]})
+    default = res["default"]
+    n_genes = seeds[0]["major"][default]["shape"][0]
+    seed_ids = "/".join(str(s["seed"]) for s in seeds)
+    print(
+        f"\nfeature_relevance options compared (output/background/method), relevance by major class: "
+        f"{', '.join(res['variants'])}; default: {default}; previous default: {res['previous_default']}",
+        flush=True,
+    )
+    classes = sorted({c for s in seeds for c in s["major"][default]["classes"]})
     rows = []
-    for cls in classes:
-        row: dict[str, Any] = {"class": cls, "marker": MARKERS.get(cls, "-")}
-        for s in seeds:
-            info = s["major"]["classes"].get(cls, {})
-            rank = info.get("marker_rank")
-            row[f"rank s{s['seed']}"] = rank
-            row[f"top10 s{s['seed']}"] = info.get("marker_in_top10")
-        row["acceptance"] = "yes" if cls in ACCEPTANCE_CLASSES else "extra"
+    for name in res["variants"]:
+        row: dict[str, Any] = {"variant": name + (" (default)" if name == default else "")}
+        in_top = 0
+        for cls in classes:
+            row[f"{cls} ({MARKERS.get(cls, '-')})"] = _ranks_cell(seeds, "major", name, cls)
+            if cls in ACCEPTANCE_CLASSES:
+                in_top += sum(bool(s["major"][name]["classes"].get(cls, {}).get("marker_in_top10")) for s in seeds)
+        row["acceptance markers in top 10"] = f"{in_top}/{len(ACCEPTANCE_CLASSES) * len(seeds)}"
+        if "stability_major" in res:
+            stab = res["stability_major"][name]
+            row[f"mean top-{STABILITY_TOP_K} Jaccard"] = float(np.mean([d["mean_jaccard"] for d in stab.values()]))
+        row["seconds (mean)"] = float(np.mean([s["major"][name]["relevance_s"] for s in seeds]))
         rows.append(row)
     print_table(
-        f"Patch-seq: rank of the class marker among {seeds[0]['major']['shape'][0]} RNA genes, relevance by major "
-        f"class (torch threads {threads})",
+        f"Patch-seq: rank of each class's marker among {n_genes} RNA genes, relevance by major class, seeds "
+        f"{seed_ids} (acceptance: Sst, Pvalb, Vip, Lamp5 in the top 10; Sncg extra; torch threads {threads})",
         rows,
+        digits=2,
     )
     for s in seeds:
         rows = [
-            {"class": c, "top-10 genes (most relevant first)": ", ".join(v["top10"])}
-            for c, v in s["major"]["classes"].items()
+            {"class": c, "marker rank": v["marker_rank"], "top-10 genes (most relevant first)": ", ".join(v["top10"])}
+            for c, v in s["major"][default]["classes"].items()
         ]
-        print_table(f"Patch-seq seed {s['seed']}: top-10 RNA genes per major class", rows)
+        print_table(f"Patch-seq seed {s['seed']}, default ({default}): top-10 RNA genes per major class", rows)
 
-    groups = sorted({g for s in seeds for g in s["fine"]["groups"]}, key=lambda g: (major_of(g), len(g), g))
-    rows = []
-    for g in groups:
-        row = {"MET type": g, "marker": MARKERS.get(major_of(g), "-")}
-        for s in seeds:
-            info = s["fine"]["groups"].get(g)
-            row[f"rank s{s['seed']}"] = None if info is None else info["marker_rank"]
-            row[f"n pred s{s['seed']}"] = None if info is None else info["n_predicted_cells"]
-        rows.append(row)
-    print_table(
-        "Patch-seq: rank of the major-class marker per predicted MET type (- : type not predicted for that seed)",
-        rows,
-    )
-    rows = []
-    for s in seeds:
-        fine = s["fine"]["groups"].values()
-        ranks = [v["marker_rank"] for v in fine if v["marker_rank"] is not None]
-        rows.append(
+    for name in res["fine_variants"]:
+        groups = sorted({g for s in seeds for g in s["fine"][name]["groups"]}, key=lambda g: (major_of(g), len(g), g))
+        rows = [
             {
-                "seed": s["seed"],
-                "MET types predicted": s["fine"]["n_groups_predicted"],
-                "marker in top 10": sum(r <= TOP_N for r in ranks),
-                "median rank": float(np.median(ranks)) if ranks else float("nan"),
-                "worst rank": max(ranks) if ranks else None,
+                "MET type": g,
+                "marker": MARKERS.get(major_of(g), "-"),
+                f"rank s{seed_ids}": _ranks_cell(seeds, "fine", name, g),
+                f"n predicted s{seed_ids}": "/".join(
+                    str(s["fine"][name]["groups"].get(g, {}).get("n_predicted_cells", "-")) for s in seeds
+                ),
             }
-        )
-    print_table("Patch-seq: per-MET-type marker ranks, summary", rows, digits=1)
-
-    if "stability_major" in res:
-        rows = [{"class": g, **d} for g, d in res["stability_major"].items()]
+            for g in groups
+        ]
         print_table(
-            f"Patch-seq: top-{STABILITY_TOP_K} RNA gene Jaccard across seeds {[s['seed'] for s in seeds]}, per major "
-            "class",
+            f"Patch-seq, {name}: rank of the major-class marker per predicted MET type (each type explained against "
+            "the other types; - : type not predicted for that seed)",
             rows,
         )
-        fine = res["stability_fine"]
-        means = [d["mean_jaccard"] for d in fine.values()]
-        print(
-            f"\nMET types predicted by every seed: {len(fine)}; their mean top-{STABILITY_TOP_K} Jaccard: "
-            f"{fmt_mean_sd(means)} (mean ± sd over types; min {fmt(min(means) if means else None)}, max "
-            f"{fmt(max(means) if means else None)})",
-            flush=True,
-        )
+        rows = []
+        for s in seeds:
+            ranks = [v["marker_rank"] for v in s["fine"][name]["groups"].values() if v["marker_rank"] is not None]
+            rows.append(
+                {
+                    "seed": s["seed"],
+                    "MET types predicted": s["fine"][name]["n_groups_predicted"],
+                    "marker in top 10": sum(r <= TOP_N for r in ranks),
+                    "median rank": float(np.median(ranks)) if ranks else float("nan"),
+                    "worst rank": max(ranks) if ranks else None,
+                }
+            )
+        print_table(f"Patch-seq, {name}: per-MET-type marker ranks, summary", rows, digits=1)
 
-    rows = [
-        {
-            "seed": s["seed"],
-            "train s": s["train_s"],
-            "best epoch": s["best_epoch"],
-            "val acc": s["accuracy_validation"],
-            "major relevance s": s["major"]["relevance_s"],
-            "major peak Δ MB": s["major"]["memory"]["sampled_peak_delta_mb"],
-            "MET relevance s": s["fine"]["relevance_s"],
-            "MET peak Δ MB": s["fine"]["memory"]["sampled_peak_delta_mb"],
-            "process peak MB": s["peak_rss_mb"],
-        }
-        for s in seeds
-    ]
+    if "stability_major" in res:
+        rows = [{"class": g, **d} for g, d in res["stability_major"][default].items()]
+        print_table(
+            f"Patch-seq, default ({default}): top-{STABILITY_TOP_K} RNA gene Jaccard across seeds {seed_ids}, per "
+            "major class",
+            rows,
+        )
+        for name, fine in res["stability_fine"].items():
+            means = [d["mean_jaccard"] for d in fine.values()]
+            print(
+                f"\n{name}: MET types predicted by every seed: {len(fine)}; their mean top-{STABILITY_TOP_K} Jaccard: "
+                f"{fmt_mean_sd(means)} (mean ± sd over types; min {fmt(min(means) if means else None)}, max "
+                f"{fmt(max(means) if means else None)})",
+                flush=True,
+            )
+
+    rows = []
+    for s in seeds:
+        row = {"seed": s["seed"], "train s": s["train_s"], "best epoch": s["best_epoch"]}
+        row["val acc"] = s["accuracy_validation"]
+        row["major-class acc (all cells)"] = s["major_accuracy_all_cells"]
+        row["default major relevance s"] = s["major"][default]["relevance_s"]
+        row["default major peak Δ MB"] = s["major"][default]["memory"]["sampled_peak_delta_mb"]
+        row["default MET relevance s"] = s["fine"][default]["relevance_s"]
+        row["process peak MB"] = s["peak_rss_mb"]
+        rows.append(row)
     print_table(f"Patch-seq runtimes and memory (torch threads {threads})", rows, digits=2)
 
 
@@ -420,6 +527,7 @@ def run_bmmc(args) -> dict[str, Any]:
     varm = {m: pd.DataFrame(mdata.mod[m].varm["unitednet_relevance"]) for m in BMMC_MODALITIES}
     table = mdata.uns["unitednet"]["relevance"]
     res["feature_relevance"] = {
+        "options": variant_name(default_variant()),
         "seconds": t_rel.seconds,
         "memory": mem_rel.as_dict(),
         "varm_shapes": {m: list(v.shape) for m, v in varm.items()},
@@ -480,7 +588,7 @@ def print_bmmc(res: dict[str, Any], threads: int) -> None:
     )
     rows = [
         {
-            "step": "feature_relevance (rna + atac, all types)",
+            "step": f"feature_relevance (rna + atac, all types; {fr['options']})",
             "seconds": fr["seconds"],
             "peak Δ RSS MB": fr["memory"]["sampled_peak_delta_mb"],
             "sampled peak RSS MB": fr["memory"]["sampled_peak_rss_mb"],
@@ -547,7 +655,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "n_cells_per_group": N_CELLS_PER_GROUP,
                 "top_n": TOP_N,
                 "stability_top_k": STABILITY_TOP_K,
-                "relevance": "feature_relevance defaults: DeepExplainer, group-mean background, own-group logit",
+                "relevance": "feature_relevance(groupby='major') per variant (output/background/method); MET types "
+                "(groupby=None) for the default and the previous default",
+                "compare": args.compare,
+                "compared_variants": ["/".join(v) for v in COMPARED],
+                "previous_default": "/".join(PREVIOUS_DEFAULT),
             },
             "bmmc": {
                 "seed": BMMC_SEED,
@@ -570,7 +682,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": machine_info(),
         "protocol": __doc__,
     }
-    print(f"explain benchmark: part {args.part}; seeds {args.seeds}; max_epochs {args.max_epochs}; data {data_dir}")
+    print(
+        f"explain benchmark: part {args.part}; seeds {args.seeds}; max_epochs {args.max_epochs}; data {data_dir}; "
+        f"compare feature_relevance options: {args.compare}"
+    )
     if args.part in ("patchseq", "all"):
         result["patchseq"] = run_patchseq(args)
         print_patchseq(result["patchseq"], threads)

@@ -172,6 +172,17 @@ def test_relevance_plot_subset_of_groups_unscaled(with_relevance, mpl_agg):
     np.testing.assert_allclose(ax.images[0].get_array(), [[1.0, 0.9, 0.8]])
 
 
+def test_relevance_plot_title_names_the_explained_output(with_relevance):
+    with_relevance.mod["rna"].varm["coarse"] = with_relevance.mod["rna"].varm["unitednet_relevance"].copy()
+    uns = {"relevance_params": {"output": "log_odds", "background": "rest"}}
+    uns["coarse_params"] = {"output": "logit", "background": "group_means"}
+    with_relevance.uns["unitednet"] = uns
+    ax = un.pl.relevance(with_relevance, "rna", n_top=2)
+    assert ax.get_title() == "rna: top 2 features per group\n(output log_odds, background rest)"
+    ax = un.pl.relevance(with_relevance, "rna", key="coarse", n_top=1)
+    assert ax.get_title() == "rna: top 1 features per group\n(output logit, background group_means)"
+
+
 def test_relevance_plot_errors(with_relevance):
     with pytest.raises(
         KeyError, match=r"No mdata.mod\['atac'\].varm\['unitednet_relevance'\]; run unitednet.tl.feature"

@@ -9,9 +9,20 @@ import pytest
 import torch
 
 import unitednet as un
-from unitednet.tl._explain import _background, _explainer, _GroupScore, _shap_values, _tensors, _Translation
+from unitednet.tl._explain import (
+    _background,
+    _Classification,
+    _ClassScore,
+    _explainer,
+    _GroupScore,
+    _rest_backgrounds,
+    _shap_values,
+    _tensors,
+    _Translation,
+)
 
 GROUP_NAMES = ["alpha", "beta", "gamma"]
+COARSE = {"alpha": "ab", "beta": "ab", "gamma": "g"}
 TIDY = ["group", "modality", "feature", "relevance", "rank"]
 CROSS = ["group", "target_feature", "source_feature", "relevance", "rank"]
 # shap warns about modules it does not know (the standardiser, the fusion): linear maps it passes through correctly
@@ -75,6 +86,98 @@ def test_group_score_shap_is_additive(supervised, mdata, background):
         _assert_additive(total, fx, fb)
 
 
+def _log_sum_prob(proba: np.ndarray, members) -> np.ndarray:
+    return np.log(proba[:, members].sum(1))
+
+
+@pytest.mark.parametrize("background", ["rest", "group_means"])
+@pytest.mark.parametrize("output", ["log_odds", "log_proba"])
+def test_class_score_is_the_class_log_odds_or_log_proba_and_its_shap_is_additive(supervised, mdata, output, background):
+    model = supervised
+    model.module.eval()
+    modalities = model.modalities
+    xs = _tensors(model, mdata, modalities, np.arange(0, 150, 10))
+    with torch.no_grad():
+        proba = torch.softmax(_Classification(model, modalities).logits(*xs), 1).double().numpy()
+    rest = _rest_backgrounds(model, modalities, COARSE, ["ab", "g"])
+    for cls, members in (("ab", [0, 1]), ("g", [2])):
+        base = (
+            rest[cls]
+            if background == "rest"
+            else _background(model, modalities, "group_means", 0, np.random.default_rng(0))
+        )
+        wrapper = _ClassScore(model, modalities, members, output, shift=8.0)
+        with torch.no_grad():
+            fx = wrapper(*xs)[:, 0].double().numpy()
+            fb = wrapper(*base)[:, 0].double().numpy()
+        # the score is the class log-probability (minus that of the other groups for the log-odds)
+        others = [g for g in range(3) if g not in members]
+        expected = _log_sum_prob(proba, members)
+        if output == "log_odds":
+            expected = expected - _log_sum_prob(proba, others)
+        np.testing.assert_allclose(fx, expected, rtol=1e-4, atol=1e-4)
+        # the shift is a constant that cancels
+        with torch.no_grad():
+            unshifted = _ClassScore(model, modalities, members, output, shift=0.0)(*xs)[:, 0].double().numpy()
+        np.testing.assert_allclose(fx, unshifted, rtol=1e-5, atol=1e-5)
+        values = _shap_values(_explainer("deep", wrapper, base), "deep", xs, check_additivity=False)
+        _assert_additive(sum(v[..., 0].sum(1) for v in values), fx, fb)
+
+
+def test_class_score_shap_stays_additive_when_the_sums_of_exponentials_are_tiny(supervised, mdata):
+    # a large shift makes every exp(logit - shift) tiny (about 1e-9 here): the inputs of the logarithm then differ
+    # by far less than 1e-6 between a cell and its references, where a rule with an absolute threshold would switch
+    # to the derivative and lose additivity
+    model = supervised
+    model.module.eval()
+    modalities = model.modalities
+    xs = _tensors(model, mdata, modalities, np.arange(0, 150, 10))
+    base = _rest_backgrounds(model, modalities, COARSE, ["ab"])["ab"]
+    with torch.no_grad():
+        top = float(_Classification(model, modalities).logits(*xs).max())
+    wrapper = _ClassScore(model, modalities, [0, 1], "log_proba", shift=top + 20.0)
+    with torch.no_grad():
+        fx = wrapper(*xs)[:, 0].double().numpy()
+        fb = wrapper(*base)[:, 0].double().numpy()
+        sums = wrapper.pool(wrapper.exp(wrapper.logits(*xs) - wrapper.shift))
+    assert float(sums.max()) < 1e-8
+    values = _shap_values(_explainer("deep", wrapper, base), "deep", xs, check_additivity=False)
+    _assert_additive(sum(v[..., 0].sum(1) for v in values), fx, fb)
+
+
+def test_class_score_rejects_empty_classes(supervised):
+    with pytest.raises(ValueError, match="at least one member group and one group in its denominator"):
+        _ClassScore(supervised, supervised.modalities, [0, 1, 2], "log_odds", shift=0.0)
+    with pytest.raises(ValueError, match="output must be 'log_odds' or 'log_proba'"):
+        _ClassScore(supervised, supervised.modalities, [0], "logit", shift=0.0)
+
+
+def test_rest_background_is_one_mean_per_other_class(supervised, mdata):
+    model = supervised
+    train = np.flatnonzero(model.split_ == "train")
+    # the training cells count under their label (supervised model)
+    labels = mdata.obs["cell_type"].astype(str).to_numpy()[train]
+    classes = np.array([COARSE[g] for g in labels])
+    rest = _rest_backgrounds(model, ["rna", "atac"], COARSE, ["ab", "g"])
+    assert set(rest) == {"ab", "g"}
+    rna = np.asarray(mdata.mod["rna"].X, dtype=np.float64)
+    atac = mdata.mod["atac"].X.toarray().astype(np.float64)
+    for cls, other in (("ab", "g"), ("g", "ab")):
+        # one row per other class (not one per group or per cell): here a single row, the other class's mean
+        assert [b.shape for b in rest[cls]] == [(1, 24), (1, 32)]
+        cells = train[classes == other]
+        np.testing.assert_allclose(rest[cls][0][0].numpy(), rna[cells].mean(0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(rest[cls][1][0].numpy(), atac[cells].mean(0), rtol=1e-5, atol=1e-6)
+    # with the model's own groups as classes each group is contrasted with the two others, equally weighted
+    identity = {g: g for g in GROUP_NAMES}
+    fine = _rest_backgrounds(model, ["rna"], identity, GROUP_NAMES)
+    for g in GROUP_NAMES:
+        expected = [rna[train[labels == o]].mean(0) for o in GROUP_NAMES if o != g]
+        np.testing.assert_allclose(fine[g][0].numpy(), np.stack(expected), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="needs training cells of a group other than 'all'"):
+        _rest_backgrounds(model, ["rna"], dict.fromkeys(GROUP_NAMES, "all"), ["all"])
+
+
 @pytest.mark.parametrize(
     ("source", "target"),
     [("atac", "rna"), ("rna", "atac")],
@@ -132,45 +235,138 @@ def test_feature_relevance_writes_varm_table_and_params(supervised, mdata):
     params = mdata.uns["unitednet"]["relevance_params"]
     assert params["groupby"] == "predicted" and params["method"] == "deep"
     assert params["modalities"] == ["rna", "atac"] and params["n_cells_per_group"] == 8
-    assert params["background"] == "group_means"
+    # defaults: the log-odds of the cell's group against the others, with a one-vs-rest reference
+    assert params["output"] == "log_odds" and params["background"] == "rest"
+    assert params["explained_output"].startswith("log P(group) - log P(not group)")
+    assert params["class_mapping"] == "identity"
+    assert params["class_groups"] == GROUP_NAMES and params["class_names"] == GROUP_NAMES
 
 
-def test_feature_relevance_is_mean_abs_shap_of_the_own_group(supervised, mdata):
-    # groupby names the model's groups: every cell of a group is explained through its own label's logit;
-    # the query holds only the beta cells, all of them explained (n_cells_per_group > group size)
+def _mean_abs_shap(model, mdata, wrapper, base, cells):
+    values = _shap_values(
+        _explainer("deep", wrapper, base), "deep", _tensors(model, mdata, ["rna", "atac"], cells), False
+    )
+    return [np.abs(v[..., 0]).mean(0) for v in values]
+
+
+def _beta_cells(mdata):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        query = mdata[(mdata.obs["cell_type"] == "beta").to_numpy()].copy()
-    un.tl.feature_relevance(supervised, query, groupby="cell_type", n_cells_per_group=1000, check_additivity=False)
+        return mdata[(mdata.obs["cell_type"] == "beta").to_numpy()].copy()
+
+
+def test_feature_relevance_is_mean_abs_shap_of_the_own_group_logit(supervised, mdata):
+    # output="logit": every cell of a group is explained through its own label's logit (groupby names the model's
+    # groups); the query holds only the beta cells, all of them explained (n_cells_per_group > group size)
+    query = _beta_cells(mdata)
+    un.tl.feature_relevance(
+        supervised,
+        query,
+        groupby="cell_type",
+        output="logit",
+        background="group_means",
+        n_cells_per_group=1000,
+        check_additivity=False,
+    )
     rel = {m: query.mod[m].varm["unitednet_relevance"] for m in ("rna", "atac")}
     assert list(rel["rna"].columns) == ["beta"]
     base = _background(supervised, ["rna", "atac"], "group_means", 100, np.random.default_rng(0))
-    explainer = _explainer("deep", _GroupScore(supervised, ["rna", "atac"], 1), base)
-    cells = np.arange(query.n_obs)
-    values = _shap_values(explainer, "deep", _tensors(supervised, query, ["rna", "atac"], cells), False)
-    for m, v in zip(("rna", "atac"), values, strict=True):
-        np.testing.assert_allclose(rel[m]["beta"].to_numpy(), np.abs(v[..., 0]).mean(0), rtol=1e-4, atol=1e-7)
+    wrapper = _GroupScore(supervised, ["rna", "atac"], 1)
+    expected = _mean_abs_shap(supervised, query, wrapper, base, np.arange(query.n_obs))
+    for m, e in zip(("rna", "atac"), expected, strict=True):
+        np.testing.assert_allclose(rel[m]["beta"].to_numpy(), e, rtol=1e-4, atol=1e-7)
+    assert query.uns["unitednet"]["relevance_params"]["explained_output"] == "logit of the cell's own group"
 
 
-def test_feature_relevance_coarser_groupby(supervised, mdata):
-    coarse = {"alpha": "ab", "beta": "ab", "gamma": "g"}
-    mdata.obs["coarse"] = mdata.obs["cell_type"].map(coarse).astype(str)
-    un.tl.feature_relevance(supervised, groupby="coarse", n_top=3, **_fast())
-    rel = mdata.mod["atac"].varm["unitednet_relevance"]
-    assert list(rel.columns) == ["ab", "g"] and rel.shape == (32, 2)
-    table = mdata.uns["unitednet"]["relevance"]
+def test_feature_relevance_default_is_mean_abs_shap_of_the_log_odds_against_the_rest(supervised, mdata):
+    query = _beta_cells(mdata)
+    un.tl.feature_relevance(supervised, query, groupby="cell_type", n_cells_per_group=1000, check_additivity=False)
+    rest = _rest_backgrounds(supervised, ["rna", "atac"], {g: g for g in GROUP_NAMES}, ["beta"])["beta"]
+    assert rest[0].shape[0] == 2  # the alpha and gamma means
+    wrapper = _ClassScore(supervised, ["rna", "atac"], [1], "log_odds", shift=0.0)
+    expected = _mean_abs_shap(supervised, query, wrapper, rest, np.arange(query.n_obs))
+    for m, e in zip(("rna", "atac"), expected, strict=True):
+        np.testing.assert_allclose(query.mod[m].varm["unitednet_relevance"]["beta"].to_numpy(), e, rtol=1e-4, atol=1e-7)
+
+
+def test_feature_relevance_of_classes(supervised, mdata):
+    mdata.obs["coarse"] = mdata.obs["cell_type"].map(COARSE).astype(str)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        query = mdata[::4].copy()  # every cell of the query is explained (n_cells_per_group > class size)
+    kwargs = {"groupby": "coarse", "n_cells_per_group": 1000, "check_additivity": False}
+    un.tl.feature_relevance(supervised, query, n_top=3, **kwargs)
+    rel = {m: query.mod[m].varm["unitednet_relevance"].copy() for m in ("rna", "atac")}
+    assert list(rel["atac"].columns) == ["ab", "g"] and rel["atac"].shape == (32, 2)
+    table = query.uns["unitednet"]["relevance"]
     assert set(table["group"]) == {"ab", "g"} and len(table) == 2 * 2 * 3
-    assert mdata.uns["unitednet"]["relevance_params"]["groupby"] == "coarse"
+    params = query.uns["unitednet"]["relevance_params"]
+    assert params["groupby"] == "coarse" and params["class_mapping"] == "majority"
+    assert dict(zip(params["class_groups"], params["class_names"], strict=True)) == COARSE
+    # each class is explained through its own log-odds (alpha + beta against gamma, and back) with the other class's
+    # mean as the reference, over all of its cells
+    rest = _rest_backgrounds(supervised, ["rna", "atac"], COARSE, ["ab", "g"])
+    for cls, members in (("ab", [0, 1]), ("g", [2])):
+        cells = np.flatnonzero((query.obs["coarse"] == cls).to_numpy())
+        wrapper = _ClassScore(supervised, ["rna", "atac"], members, "log_odds", shift=0.0)
+        expected = _mean_abs_shap(supervised, query, wrapper, rest[cls], cells)
+        for m, e in zip(("rna", "atac"), expected, strict=True):
+            np.testing.assert_allclose(rel[m][cls].to_numpy(), e, rtol=1e-4, atol=1e-7)
+    # the same mapping given explicitly gives the same relevance
+    un.tl.feature_relevance(supervised, query, classes=COARSE, key_added="given", **kwargs)
+    pd.testing.assert_frame_equal(query.mod["rna"].varm["given"], rel["rna"], rtol=1e-6)
+    assert query.uns["unitednet"]["given_params"]["class_mapping"] == "given"
+    # without groupby the cells are grouped by the class of their predicted group
+    un.tl.feature_relevance(supervised, classes=COARSE, key_added="predicted", **_fast())
+    assert list(mdata.mod["rna"].varm["predicted"].columns) == ["ab", "g"]
+    assert mdata.uns["unitednet"]["predicted_params"]["groupby"] == "predicted class"
     with pytest.raises(KeyError, match="groupby='nope' is not a column of mdata.obs"):
         un.tl.feature_relevance(supervised, groupby="nope")
 
 
+def test_feature_relevance_class_errors(supervised, mdata):
+    mdata.obs["coarse"] = mdata.obs["cell_type"].map(COARSE).astype(str)
+    with pytest.raises(KeyError, match=r"classes maps \['delta'\], which are not groups of the model"):
+        un.tl.feature_relevance(supervised, classes={**COARSE, "delta": "d"})
+    with pytest.raises(ValueError, match=r"classes must map every group of the model to a class; 1 of 3 are missing"):
+        un.tl.feature_relevance(supervised, classes={"alpha": "ab", "beta": "ab"})
+    with pytest.raises(TypeError, match="classes must map the model's groups to classes"):
+        un.tl.feature_relevance(supervised, classes=["ab", "ab", "g"])
+    with pytest.raises(ValueError, match=r"mdata.obs\['cell_type'\] has values \['alpha', 'beta', 'gamma'\] that are"):
+        un.tl.feature_relevance(supervised, groupby="cell_type", classes=COARSE)
+    with pytest.raises(ValueError, match="output must be one of"):
+        un.tl.feature_relevance(supervised, output="proba")
+    # one class holding every group: no log-odds, and no other class to contrast with
+    mdata.obs["one"] = "all"
+    with pytest.raises(ValueError, match="'all' holds all of the model's groups"):
+        un.tl.feature_relevance(supervised, groupby="one")
+    with pytest.raises(ValueError, match="needs training cells of a group other than 'all'"):
+        un.tl.feature_relevance(supervised, groupby="one", output="logit")
+    # a value of groupby that holds none of the model's groups (each goes to the value most of its cells have)
+    odd = mdata.obs["coarse"].to_numpy().copy()
+    odd[np.flatnonzero(odd == "g")[:3]] = "stray"
+    mdata.obs["odd"] = odd
+    with pytest.raises(ValueError, match=r"Explained groups \['stray'\] of groupby='odd' hold none of the model"):
+        un.tl.feature_relevance(supervised, groupby="odd")
+    # the own-group logit with a shared reference needs no classes
+    un.tl.feature_relevance(supervised, groupby="odd", output="logit", background="group_means", **_fast())
+    assert list(mdata.mod["rna"].varm["unitednet_relevance"].columns) == ["ab", "g", "stray"]
+
+
 def test_feature_relevance_gradient_method(supervised, mdata):
-    un.tl.feature_relevance(supervised, groupby="cell_type", method="gradient", n_top=4, **_fast())
-    rel = mdata.mod["rna"].varm["unitednet_relevance"]
+    kwargs = {"groupby": "cell_type", "method": "gradient", "n_top": 4, "n_cells_per_group": 3}
+    un.tl.feature_relevance(supervised, **kwargs)
+    rel = mdata.mod["rna"].varm["unitednet_relevance"].copy()
     assert list(rel.columns) == GROUP_NAMES and rel.shape == (24, 3)
     assert np.isfinite(rel.to_numpy()).all() and (rel.to_numpy() >= 0).all() and (rel.to_numpy() > 0).any()
     assert mdata.uns["unitednet"]["relevance_params"]["method"] == "gradient"
+    # expected gradients sample reference cells and path points: random_state makes them reproducible
+    un.tl.feature_relevance(supervised, **kwargs)
+    pd.testing.assert_frame_equal(mdata.mod["rna"].varm["unitednet_relevance"], rel)
+    un.tl.feature_relevance(supervised, **kwargs, random_state=1)
+    assert not np.allclose(mdata.mod["rna"].varm["unitednet_relevance"].to_numpy(), rel.to_numpy())
+    un.tl.feature_relevance(supervised, output="logit", **kwargs)
+    assert np.isfinite(mdata.mod["rna"].varm["unitednet_relevance"].to_numpy()).all()
     with pytest.raises(ValueError, match="method must be 'deep' or 'gradient'"):
         un.tl.feature_relevance(supervised, method="lime", **_fast())
 
@@ -187,7 +383,7 @@ def test_feature_relevance_modality_subset_key_added_and_sample_background(super
     assert uns["atac_rel_params"]["modalities"] == ["atac"] and uns["atac_rel_params"]["background"] == "sample"
     with pytest.raises(KeyError, match=r"Modalities \['adt'\] are not in the MuData"):
         un.tl.feature_relevance(supervised, modalities=["adt"])
-    with pytest.raises(ValueError, match="background must be 'group_means' or 'sample'"):
+    with pytest.raises(ValueError, match=r"background must be one of \['rest', 'group_means', 'sample'\], got 'zeros'"):
         un.tl.feature_relevance(supervised, background="zeros", **_fast())
 
 

@@ -25,6 +25,9 @@ def relevance(
 ) -> Axes:
     """Top features per group from :func:`unitednet.tl.feature_relevance`, as a heatmap or a dot plot.
 
+    The title names the explained output and reference when the settings written by
+    :func:`~unitednet.tl.feature_relevance` are found in ``mdata.uns["unitednet"]``.
+
     Parameters
     ----------
     mdata
@@ -81,7 +84,13 @@ def relevance(
     ax.set_xticks(range(len(features)), features, rotation=90, fontsize=7)
     ax.set_yticks(range(len(groups)), groups, fontsize=7)
     ax.figure.colorbar(im, ax=ax, label="relevance (scaled)" if standard_scale else "mean |SHAP|", shrink=0.6)
-    ax.set_title(f"{modality}: top {n_top} features per group")
+    title = f"{modality}: top {n_top} features per group"
+    params = mdata.uns.get(RESULT_KEYS.UNS, {}).get(
+        "relevance_params" if key == RESULT_KEYS.RELEVANCE else f"{key}_params", {}
+    )
+    if "output" in params and "background" in params:
+        title += f"\n(output {params['output']}, background {params['background']})"
+    ax.set_title(title)
     return ax
 
 

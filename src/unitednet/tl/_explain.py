@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -22,27 +22,133 @@ if TYPE_CHECKING:
     from unitednet.model import UnitedNetModel
 
 Method = Literal["deep", "gradient"]
-Background = Literal["group_means", "sample"]
+Output = Literal["log_odds", "log_proba", "logit"]
+Background = Literal["rest", "group_means", "sample"]
+TranslationBackground = Literal["group_means", "sample"]
+
+_OUTPUTS = ("log_odds", "log_proba", "logit")
+_BACKGROUNDS = ("rest", "group_means", "sample")
+_EXPLAINED_OUTPUT = {
+    "log_odds": "log P(group) - log P(not group): log-sum-exp of the logits of the model's groups in the explained "
+    "group minus log-sum-exp of the other groups' logits",
+    "log_proba": "log P(group): log-sum-exp of the logits of the model's groups in the explained group minus "
+    "log-sum-exp of all logits",
+    "logit": "logit of the cell's own group",
+}
 
 
-class _GroupScore(nn.Module):
-    """Classification path with the modalities as separate inputs: encoders -> fusion -> projector -> one group logit.
+class _Elementwise(nn.Module):
+    """Elementwise nonlinearity explained with DeepLIFT's rescale rule (:func:`_rescale_rule`).
 
-    The logit of the group (not its softmax probability) is explained: every operation on the path is then one that
-    DeepLIFT propagates exactly, so the attributions add up to the score minus its expected value.
+    The forward pass keeps its (detached) input and output, which the rule reads.
     """
 
-    def __init__(self, model: UnitedNetModel, modalities: Sequence[str], group: int):
+    def function(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.function(x)
+        self.io = (x.detach(), y.detach())
+        return y
+
+
+class _Exp(_Elementwise):
+    """Elementwise exponential."""
+
+    def function(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.exp(x)
+
+
+class _Log(_Elementwise):
+    """Elementwise natural logarithm."""
+
+    def function(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(x)
+
+
+def _rescale_rule(module: _Elementwise, grad_input, grad_output):
+    """DeepLIFT's rescale rule for an elementwise step, as a shap DeepExplainer backward hook.
+
+    DeepExplainer evaluates each explained cell (first half of the batch) next to the references (second half); the
+    multiplier of the step is the secant slope ``(y - y_ref) / (x - x_ref)``, so the attributions through it add up
+    to ``y - y_ref`` exactly. Where ``x`` and ``x_ref`` agree to a relative 1e-6 the derivative is used instead.
+    shap's own rule for elementwise steps switches to the derivative below an *absolute* difference of 1e-6, which
+    breaks additivity for the small sums of exponentials that a log-sum-exp takes the logarithm of.
+    """
+    x, y = module.io
+    half = x.shape[0] // 2
+    dx = x[:half] - x[half:]
+    near = dx.abs() <= 1e-6 * torch.maximum(x[:half].abs(), x[half:].abs())
+    slope = (y[:half] - y[half:]) / torch.where(near, torch.ones_like(dx), dx)
+    near, slope = torch.cat([near, near]), torch.cat([slope, slope])
+    return (torch.where(near, grad_input[0], grad_output[0] * slope),)
+
+
+class _Classification(nn.Module):
+    """Classification path with the modalities as separate inputs: encoders -> fusion -> projector -> group logits."""
+
+    def __init__(self, model: UnitedNetModel, modalities: Sequence[str]):
         super().__init__()
         self.module = model.module
         self.modalities = list(modalities)
-        self.group = group
 
-    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+    def logits(self, *xs: torch.Tensor) -> torch.Tensor:
         z = {
             m: self.module.encoders[m](self.module.standardize(m, x)) for m, x in zip(self.modalities, xs, strict=True)
         }
-        return self.module.group_logits(self.module.fusion(z))[:, self.group : self.group + 1]
+        return self.module.group_logits(self.module.fusion(z))
+
+
+class _GroupScore(_Classification):
+    """The logit of one group (not its softmax probability).
+
+    Every operation on the path is one that DeepLIFT propagates exactly, so the attributions add up to the score
+    minus its expected value over the reference inputs.
+    """
+
+    def __init__(self, model: UnitedNetModel, modalities: Sequence[str], group: int):
+        super().__init__(model, modalities)
+        self.group = group
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return self.logits(*xs)[:, self.group : self.group + 1]
+
+
+class _ClassScore(_Classification):
+    """Log-probability (``"log_proba"``) or log-odds (``"log_odds"``) of a set of the model's groups.
+
+    ``log sum_{g in C} exp(l_g) - log sum_{g in D} exp(l_g)`` with ``D`` all groups (log-probability) or the groups
+    outside ``C`` (log-odds). The log-sum-exps are written as exp -> sum -> log *modules*: DeepLIFT's rescale rule
+    applied to each elementwise step and the exact linear rule to the sums keep the attributions additive. ``shift``
+    (a constant, at least the largest logit of the cells explained and of the reference) is subtracted from the logits
+    before the exponential; it cancels in the difference and keeps ``exp`` from overflowing.
+    """
+
+    def __init__(
+        self, model: UnitedNetModel, modalities: Sequence[str], members: Sequence[int], output: Output, shift: float
+    ):
+        super().__init__(model, modalities)
+        n_groups = len(model.group_names)
+        inside = torch.zeros(n_groups)
+        inside[list(members)] = 1.0
+        if output == "log_odds":
+            other = 1.0 - inside
+        elif output == "log_proba":
+            other = torch.ones(n_groups)
+        else:
+            raise ValueError(f"output must be 'log_odds' or 'log_proba' for a class score, got {output!r}.")
+        if inside.sum() == 0 or other.sum() == 0:
+            raise ValueError("A class score needs at least one member group and one group in its denominator.")
+        self.register_buffer("shift", torch.tensor(float(shift)))
+        self.exp = _Exp()
+        # a bias-free Linear module with fixed 0/1 weights: row 0 sums the class's groups, row 1 the denominator's
+        self.pool = nn.Linear(n_groups, 2, bias=False)
+        self.pool.weight = nn.Parameter(torch.stack([inside, other]), requires_grad=False)
+        self.log = _Log()
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        pooled = self.log(self.pool(self.exp(self.logits(*xs) - self.shift)))
+        return pooled[:, :1] - pooled[:, 1:]
 
 
 class _Translation(nn.Module):
@@ -68,16 +174,27 @@ class _Translation(nn.Module):
 
 
 @contextlib.contextmanager
-def _quiet_shap():
-    """Silence shap's notices about modules it does not know.
+def _shap_session():
+    """Register the rescale rule of ``_Exp`` and ``_Log`` with shap's DeepExplainer, and silence its notices.
 
-    ModalityFusion and _Standardizer are linear in their inputs, so passing gradients through them is exact
-    (DeepExplainer's additivity check still runs).
+    shap picks the DeepLIFT rule of a module by its class name (``op_handler``); the two entries are removed again on
+    exit. ModalityFusion and _Standardizer are linear in their inputs, so passing gradients through them (shap's
+    behaviour for modules it does not know) is exact; DeepExplainer's additivity check still runs.
     """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="unrecognized nn.Module")
-        warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        yield
+    from shap.explainers._deep import deep_pytorch
+
+    handlers = deep_pytorch.op_handler
+    added = [name for name in (_Exp.__name__, _Log.__name__) if name not in handlers]
+    for name in added:
+        handlers[name] = _rescale_rule
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="unrecognized nn.Module")
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            yield
+    finally:
+        for name in added:
+            handlers.pop(name, None)
 
 
 def _explainer(method: Method, wrapper: nn.Module, background: list[torch.Tensor]):
@@ -91,14 +208,16 @@ def _explainer(method: Method, wrapper: nn.Module, background: list[torch.Tensor
     raise ValueError(f"method must be 'deep' or 'gradient', got {method!r}.")
 
 
-def _shap_values(explainer, method: Method, inputs: list[torch.Tensor], check_additivity: bool) -> list[np.ndarray]:
-    """SHAP values per input as arrays cells x features x outputs."""
+def _shap_values(
+    explainer, method: Method, inputs: list[torch.Tensor], check_additivity: bool, seed: int | None = 0
+) -> list[np.ndarray]:
+    """SHAP values per input as arrays cells x features x outputs (``seed``: GradientExplainer's sampling)."""
     data = inputs if len(inputs) > 1 else inputs[0]
-    with _quiet_shap():
+    with _shap_session():
         if method == "deep":
             values = explainer.shap_values(data, check_additivity=check_additivity)
         else:
-            values = explainer.shap_values(data)
+            values = explainer.shap_values(data, rseed=seed)
     values = values if isinstance(values, list) and len(inputs) > 1 else [values]
     out = []
     for v, x in zip(values, inputs, strict=True):
@@ -112,12 +231,28 @@ def _tensors(model: UnitedNetModel, mdata: MuData, modalities: Sequence[str], id
     return [batches[0][m] for m in modalities]
 
 
-def _background(
-    model: UnitedNetModel, modalities: Sequence[str], kind: Background, n_background: int, rng: np.random.Generator
+def _means(
+    model: UnitedNetModel, mdata: MuData, modalities: Sequence[str], idx: np.ndarray, chunk_size: int = 2048
 ) -> list[torch.Tensor]:
-    """Reference inputs from the model's training cells (never from the explained query cells)."""
+    """Mean profile of the cells ``idx`` per modality, read in chunks (no dense copy of all of them at once)."""
+    sums = [torch.zeros(model.n_features(m), dtype=torch.float64) for m in modalities]
+    for batch in model._batches(mdata, modalities, batch_size=chunk_size, indices=idx):
+        for i, m in enumerate(modalities):
+            sums[i] += batch[m].double().sum(0).cpu()
+    return [(s / len(idx)).float().to(model.device) for s in sums]
+
+
+def _training_cells(model: UnitedNetModel) -> np.ndarray:
+    """Indices of the model's training cells in its registered MuData."""
+    return np.flatnonzero(model.split_ == "train") if model.split_ is not None else np.arange(model.adata.n_obs)
+
+
+def _background(
+    model: UnitedNetModel, modalities: Sequence[str], kind: str, n_background: int, rng: np.random.Generator
+) -> list[torch.Tensor]:
+    """Reference inputs shared by every group, from the model's training cells (never from the query cells)."""
     ref = model.adata
-    train = np.flatnonzero(model.split_ == "train") if model.split_ is not None else np.arange(ref.n_obs)
+    train = _training_cells(model)
     if kind == "sample":
         idx = np.sort(rng.choice(train, size=min(n_background, len(train)), replace=False))
         return _tensors(model, ref, modalities, idx)
@@ -125,12 +260,34 @@ def _background(
         raise ValueError(f"background must be 'group_means' or 'sample', got {kind!r}.")
     # without trained group heads (translation-only model) the training cells form a single group
     groups = model.predict_labels(ref)[train] if _heads_trained(model) else np.full(len(train), "all")
-    means: list[list[torch.Tensor]] = [[] for _ in modalities]
-    for g in np.unique(groups):
-        xs = _tensors(model, ref, modalities, train[groups == g])
-        for i, x in enumerate(xs):
-            means[i].append(x.mean(0))
-    return [torch.stack(m) for m in means]
+    means = [_means(model, ref, modalities, train[groups == g]) for g in np.unique(groups)]
+    return [torch.stack(m) for m in zip(*means, strict=True)]
+
+
+def _rest_backgrounds(
+    model: UnitedNetModel, modalities: Sequence[str], class_of_group: Mapping[str, str], explained: Sequence[str]
+) -> dict[str, list[torch.Tensor]]:
+    """One-vs-rest reference of each explained group: one row per *other* class, the mean of its training cells.
+
+    Training cells are assigned to a class through their group of the model: their label for a supervised model, else
+    their predicted group. Cells of groups that map to no class are left out.
+    """
+    ref = model.adata
+    train = _training_cells(model)
+    groups = _own_groups(model, ref, model.predict_labels(ref))[train]
+    cls = np.array([class_of_group.get(g, "") for g in groups], dtype=object)
+    present = [c for c in dict.fromkeys(class_of_group.values()) if (cls == c).any()]
+    means = {c: _means(model, ref, modalities, train[cls == c]) for c in present}
+    out = {}
+    for group in explained:
+        others = [c for c in present if c != group]
+        if not others:
+            raise ValueError(
+                f"background='rest' needs training cells of a group other than {group!r}, but the model predicts "
+                "no training cell outside it; use background='group_means' or 'sample'."
+            )
+        out[group] = [torch.stack([means[c][i] for c in others]) for i in range(len(modalities))]
+    return out
 
 
 def _heads_trained(model: UnitedNetModel) -> bool:
@@ -158,6 +315,61 @@ def _groups(model: UnitedNetModel, mdata: MuData, groupby: str | None) -> tuple[
     return labels, np.array([index[g] for g in own])
 
 
+def _own_groups(model: UnitedNetModel, mdata: MuData, predicted: np.ndarray) -> np.ndarray:
+    """Each cell's group of the model: its label (supervised model, labels in ``mdata.obs``), else its prediction."""
+    names = model.group_names
+    key = model.labels_key
+    if model.task_ == "supervised" and key is not None and key in mdata.obs:
+        labels = mdata.obs[key].astype(str).to_numpy()
+        return np.where(np.isin(labels, names), labels, predicted)
+    return predicted
+
+
+def _explained_groups(
+    model: UnitedNetModel,
+    mdata: MuData,
+    groupby: str | None,
+    classes: Mapping[str, str] | None,
+    predicted: np.ndarray,
+) -> tuple[np.ndarray, dict[str, str], str]:
+    """Explained group of each cell, the explained group (class) of each of the model's groups, and how it was set."""
+    names = model.group_names
+    if classes is not None:
+        if not isinstance(classes, Mapping):
+            raise TypeError(f"classes must map the model's groups to classes (a dict), got {type(classes).__name__}.")
+        mapping = {str(g): str(c) for g, c in classes.items()}
+        unknown = sorted(set(mapping) - set(names))
+        if unknown:
+            raise KeyError(
+                f"classes maps {unknown[:5]}, which are not groups of the model; its groups are {names[:10]}"
+                f"{' ...' if len(names) > 10 else ''} (model.group_names)."
+            )
+        missing = [g for g in names if g not in mapping]
+        if missing:
+            raise ValueError(
+                f"classes must map every group of the model to a class; {len(missing)} of {len(names)} are missing, "
+                f"e.g. {missing[:5]}."
+            )
+        if groupby is None:
+            return np.array([mapping[g] for g in predicted], dtype=str), mapping, "given"
+        labels = _obs_labels(mdata, groupby)
+        extra = sorted(set(labels) - set(mapping.values()))
+        if extra:
+            raise ValueError(
+                f"mdata.obs[{groupby!r}] has values {extra[:5]} that are not classes of `classes`; map some of the "
+                "model's groups to them, or leave groupby out to group the cells by their predicted class."
+            )
+        return labels, mapping, "given"
+    identity = {g: g for g in names}
+    if groupby is None:
+        return predicted, identity, "identity"
+    labels = _obs_labels(mdata, groupby)
+    if set(labels) <= set(names):
+        return labels, identity, "identity"
+    table = pd.crosstab(_own_groups(model, mdata, predicted), labels)
+    return labels, {str(g): str(table.loc[g].idxmax()) for g in names if g in table.index}, "majority"
+
+
 def _sample(labels: np.ndarray, n_per_group: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     return {
         g: np.sort(
@@ -172,9 +384,11 @@ def feature_relevance(
     mdata: MuData | None = None,
     *,
     groupby: str | None = None,
+    classes: Mapping[str, str] | None = None,
     modalities: Sequence[str] | None = None,
     n_cells_per_group: int = 100,
-    background: Background = "group_means",
+    output: Output = "log_odds",
+    background: Background = "rest",
     n_background: int = 100,
     method: Method = "deep",
     n_top: int = 50,
@@ -183,11 +397,45 @@ def feature_relevance(
     check_additivity: bool = True,
     copy: bool = False,
 ) -> MuData | None:
-    """Group-to-feature relevance: mean absolute SHAP value of each feature for the cells of each group.
+    r"""Group-to-feature relevance: mean absolute SHAP value of each feature for the cells of each group.
 
     SHAP values of the classification path (encoders -> fusion -> projector -> group head) are computed for a
-    stratified sample of cells. The output explained for a cell is the logit of its own group: its label when
-    ``groupby`` names the model's groups (e.g. the training labels of a supervised model), else its predicted group.
+    stratified sample of cells of each explained group. The explained groups are the model's groups (predicted, or the
+    values of ``groupby`` when they name the model's groups) or *classes*: sets of the model's groups, such as the
+    major classes of fine cell types (``groupby`` a coarser obs column, or ``classes`` a mapping group -> class).
+
+    **Explained output.** For the cells of an explained group :math:`G`, let :math:`C` be the model's groups that
+    belong to :math:`G`, :math:`l_g(x)` the group logits and :math:`p_g = \operatorname{softmax}(l)_g`:
+
+    - ``"log_odds"`` (default): the log-odds of :math:`G` against every other group,
+      :math:`f_G = \log \sum_{g \in C} p_g - \log \sum_{g \notin C} p_g
+      = \operatorname{LSE}_{g \in C} l_g - \operatorname{LSE}_{g \notin C} l_g`. It is the evidence for the whole
+      class, so features shared by all of its groups count, and it does not reward features that only separate the
+      class's own groups from one another (as the logit of a fine group does);
+    - ``"log_proba"``: the class log-probability
+      :math:`f_G = \operatorname{LSE}_{g \in C} l_g - \operatorname{LSE}_{g} l_g`. It saturates at 0 for cells the
+      model is sure of, where the log-odds keeps growing with the evidence;
+    - ``"logit"``: the logit of the cell's own group of the model (its label when ``groupby`` names the model's groups,
+      else its predicted group); ``classes`` is then only used by ``background="rest"``.
+
+    With ``method="deep"`` the log-sum-exps are evaluated as exponential -> sum -> logarithm modules; DeepLIFT's
+    rescale rule is exact for each elementwise step, so the SHAP values of a cell add up to
+    :math:`f_G(x) - \mathbb{E}_{b}[f_G(b)]` over the reference inputs :math:`b`.
+
+    **Reference (background).** The attributions explain the difference between a cell and the reference inputs,
+    taken from the model's *training* cells:
+
+    - ``"rest"`` (default): one-vs-rest contrast. One reference per *other* explained group: the mean profile of its
+      training cells (cells counted under their label for a supervised model, else their predicted group). Every
+      other group weighs the same however many of the model's groups it holds, and the explained group's own profile
+      is not part of its reference, so the relevance answers "which features make these cells :math:`G` rather than
+      something else";
+    - ``"group_means"``: the mean profile of the training cells predicted in each of the model's groups (the explained
+      group's own groups included);
+    - ``"sample"``: ``n_background`` random training cells.
+
+    The relevance of feature :math:`j` for :math:`G` is :math:`\frac{1}{|S_G|}\sum_{i \in S_G} |\phi_j(x_i)|` over the
+    sampled cells :math:`S_G`.
 
     Parameters
     ----------
@@ -196,26 +444,35 @@ def feature_relevance(
     mdata
         MuData whose cells are explained; the registered one by default.
     groupby
-        obs column grouping the cells (e.g. a coarser cell-type column); the predicted groups by default.
+        obs column grouping the cells (e.g. the labels, or a coarser cell-type column); by default the predicted
+        groups, or their classes when ``classes`` is given. When its values are not the model's groups and
+        ``classes`` is not given, each of the model's groups belongs to the value of ``groupby`` held by most of its
+        cells in ``mdata`` (cells counted under their label for a supervised model, else their predicted group).
+    classes
+        Class of each of the model's groups (``model.group_names``), e.g.
+        ``{"Sst-MET-1": "Sst", "Pvalb-MET-2": "Pvalb", ...}``; every group must be mapped. The explained groups are
+        then the classes: those of ``mdata.obs[groupby]``, or the classes of the predicted groups when ``groupby`` is
+        not given.
     modalities
         Modalities to explain; all the model's modalities present in ``mdata`` by default. The others still feed
         the model with their measured values.
     n_cells_per_group
-        Cells sampled per group (all when a group is smaller).
+        Cells sampled per explained group (all when a group is smaller).
+    output
+        ``"log_odds"``, ``"log_proba"`` or ``"logit"`` (see above).
     background
-        SHAP reference inputs, from the model's training cells: ``"group_means"`` (the mean profile of each
-        predicted group) or ``"sample"`` (``n_background`` random training cells).
+        ``"rest"``, ``"group_means"`` or ``"sample"`` (see above).
     n_background
         Reference cells for ``background="sample"``.
     method
         ``"deep"`` (DeepExplainer: DeepLIFT-based, attributions sum to the output minus its expected value) or
-        ``"gradient"`` (GradientExplainer: expected gradients).
+        ``"gradient"`` (GradientExplainer: expected gradients, additive in expectation only).
     n_top
         Features per group and modality kept in the tidy table.
     key_added
         varm key of the relevance matrices.
     random_state
-        Seed of the cell and background sampling.
+        Seed of the cell and background sampling (and of GradientExplainer).
     check_additivity
         Let DeepExplainer verify that the attributions add up.
     copy
@@ -225,43 +482,106 @@ def feature_relevance(
     -------
     The copy when ``copy=True``, else ``None``. Writes:
 
-    - ``mdata.mod[m].varm[key_added]``: DataFrame features x groups of mean absolute SHAP value for each explained modality;
+    - ``mdata.mod[m].varm[key_added]``: DataFrame features x explained groups of mean absolute SHAP value for each
+      explained modality;
     - ``mdata.uns["unitednet"]["relevance"]`` (``[key_added]`` when it is not the default): tidy DataFrame with
       columns ``group``, ``modality``, ``feature``, ``relevance``, ``rank`` (the ``n_top`` features of each group
       and modality, ranked within the modality);
-    - ``mdata.uns["unitednet"]["relevance_params"]`` (``f"{key_added}_params"``): the settings used.
+    - ``mdata.uns["unitednet"]["relevance_params"]`` (``f"{key_added}_params"``): the settings used, the explained
+      output in words, and the class of each of the model's groups (``class_groups`` / ``class_names``, two aligned
+      lists; ``class_mapping`` says whether it was ``"given"``, ``"identity"`` or derived by ``"majority"``).
     """
     model._check_trained()
     if model.module.heads is None:
         raise ValueError("Group relevance needs group heads; this model was built with n_groups=0.")
+    if output not in _OUTPUTS:
+        raise ValueError(f"output must be one of {list(_OUTPUTS)}, got {output!r}.")
+    if background not in _BACKGROUNDS:
+        raise ValueError(f"background must be one of {list(_BACKGROUNDS)}, got {background!r}.")
+    if method not in ("deep", "gradient"):
+        raise ValueError(f"method must be 'deep' or 'gradient', got {method!r}.")
     out = _target(model, mdata, copy)
-    present = model._available(None if out is model.adata else out)
+    query = None if out is model.adata else out
+    present = model._available(query)
     explained = list(modalities) if modalities is not None else present
     missing = [m for m in explained if m not in present]
     if missing:
         raise KeyError(f"Modalities {missing} are not in the MuData or not registered; available: {present}.")
     rng = np.random.default_rng(random_state)
     model.module.eval()
-    labels, outputs = _groups(model, out, groupby)
+    names = model.group_names
+    predicted = model.predict_labels(query)
+    labels, class_of_group, mapping_source = _explained_groups(model, out, groupby, classes, predicted)
     samples = _sample(labels, n_cells_per_group, rng)
-    base = _background(model, present, background, n_background, rng)
+    members = {G: [i for i, g in enumerate(names) if class_of_group.get(g) == G] for G in samples}
+    if output != "logit" or background == "rest":
+        empty = [G for G, idx in members.items() if not idx]
+        if empty:
+            raise ValueError(
+                f"Explained groups {empty[:5]} of groupby={groupby!r} hold none of the model's groups (each group "
+                "belongs to the value held by most of its cells), so they have no class output or class reference; "
+                "pass classes={group: class} mapping every model group, or use output='logit' with "
+                "background='group_means'."
+            )
+    if output == "log_odds":
+        whole = [G for G, idx in members.items() if len(idx) == len(names)]
+        if whole:
+            raise ValueError(
+                f"Explained group {whole[0]!r} holds all of the model's groups: its log-odds against the other groups "
+                "is undefined; use a finer grouping or output='logit'."
+            )
+    if background == "rest":
+        bases = _rest_backgrounds(model, present, class_of_group, list(samples))
+    else:
+        shared = _background(model, present, background, n_background, rng)
+        bases = dict.fromkeys(samples, shared)
+    if output == "logit":
+        own = labels if set(labels) <= set(names) else predicted
+        index = {n: i for i, n in enumerate(names)}
+        own_index = np.array([index[g] for g in own])
+    else:
+        # the largest logit of every input the explainer evaluates: subtracted before exp (it cancels in f)
+        scorer = _Classification(model, present)
+        everyone = np.concatenate(list(samples.values()))
+        with torch.no_grad():
+            highs = [
+                scorer.logits(*(b[m] for m in present)).max() for b in model._batches(out, present, 1024, everyone)
+            ]
+            highs += [scorer.logits(*b).max() for b in {id(b): b for b in bases.values()}.values()]
+        shift = float(torch.stack(highs).max())
     sums = {m: {} for m in explained}
-    explainers: dict[int, object] = {}
+    explainers: dict[tuple, object] = {}
     for group, idx in samples.items():
+        base = bases[group]
+        xs_group = _tensors(model, out, present, idx)
         totals = {m: np.zeros(model.n_features(m)) for m in explained}
-        for k in np.unique(outputs[idx]):
-            cells = idx[outputs[idx] == k]
-            if k not in explainers:
-                explainers[k] = _explainer(method, _GroupScore(model, present, int(k)), base)
-            values = _shap_values(explainers[k], method, _tensors(model, out, present, cells), check_additivity)
+        if output == "logit":
+            parts = [(int(k), own_index[idx] == k) for k in np.unique(own_index[idx])]
+        else:
+            parts = [(None, np.ones(len(idx), dtype=bool))]
+        for k, mask in parts:
+            key = (k, group if background == "rest" else None)
+            if key not in explainers:
+                wrapper = (
+                    _GroupScore(model, present, k)
+                    if output == "logit"
+                    else _ClassScore(model, present, members[group], output, shift)
+                )
+                explainers[key] = _explainer(method, wrapper, base)
+            xs = [x[torch.as_tensor(mask)] for x in xs_group]
+            values = _shap_values(explainers[key], method, xs, check_additivity, seed=random_state)
+            if not all(np.isfinite(v).all() for v in values):
+                raise FloatingPointError(
+                    f"Non-finite SHAP values for group {group!r} (output={output!r}): a class probability "
+                    "underflowed; use output='logit'."
+                )
             for m, v in zip(present, values, strict=True):
                 if m in totals:
                     totals[m] += np.abs(v[..., 0]).sum(0)
         for m in explained:
             sums[m][group] = totals[m] / len(idx)
+    order = sorted(samples, key=lambda G: (min(members[G], default=len(names)), G))
     rows = []
-    names = model.group_names
-    order = sorted(samples, key=names.index) if set(samples) <= set(names) else sorted(samples)
     for m in explained:
         df = pd.DataFrame(sums[m], index=model.var_names(m))[order]
         rel = df.reindex(out.mod[m].var_names)
@@ -282,13 +602,18 @@ def feature_relevance(
     table_key = "relevance" if key_added == RESULT_KEYS.RELEVANCE else key_added
     uns = _uns(out)
     uns[table_key] = pd.concat(rows, ignore_index=True)
+    mapped = [g for g in names if g in class_of_group]
     uns[f"{table_key}_params"] = {
-        "groupby": groupby or "predicted",
+        "groupby": groupby or ("predicted class" if classes is not None else "predicted"),
         "modalities": explained,
         "n_cells_per_group": n_cells_per_group,
+        "output": output,
         "background": background,
         "method": method,
-        "explained_output": "logit of the cell's own group",
+        "explained_output": _EXPLAINED_OUTPUT[output],
+        "class_mapping": mapping_source,
+        "class_groups": mapped,
+        "class_names": [class_of_group[g] for g in mapped],
         "random_state": random_state,
     }
     return out if copy else None
@@ -306,7 +631,7 @@ def cross_modal_relevance(
     relevance_key: str = RESULT_KEYS.RELEVANCE,
     top_k: int = 20,
     n_cells_per_group: int = 100,
-    background: Background = "group_means",
+    background: TranslationBackground = "group_means",
     n_background: int = 100,
     method: Method = "deep",
     random_state: int = 0,
@@ -317,9 +642,9 @@ def cross_modal_relevance(
     """Cell-type-specific feature-to-feature relevance of the translation ``source -> target``.
 
     For each group and each target feature, SHAP values of the translation path (source encoder -> target decoder,
-    output in the target's units) over the group's sampled cells give the mean absolute SHAP value of every source feature; the
-    ``top_k`` source features per target feature and group are kept. Cells are processed in chunks, so no dense
-    groups x target x source tensor is ever built.
+    output in the target's units) over the group's sampled cells give the mean absolute SHAP value of every source
+    feature; the ``top_k`` source features per target feature and group are kept. Cells are processed in chunks, so
+    no dense groups x target x source tensor is ever built.
 
     Parameters
     ----------
@@ -363,7 +688,8 @@ def cross_modal_relevance(
     -------
     The copy when ``copy=True``, else ``None``. Writes
     ``mdata.uns["unitednet"]["cross_modal_relevance"][f"{source}->{target}"]``: tidy DataFrame with columns
-    ``group``, ``target_feature``, ``source_feature``, ``relevance`` (mean absolute SHAP value, in target units) and ``rank``.
+    ``group``, ``target_feature``, ``source_feature``, ``relevance`` (mean absolute SHAP value, in target units) and
+    ``rank``.
     """
     model._check_trained()
     for m in (source, target):
@@ -397,7 +723,7 @@ def cross_modal_relevance(
         total = np.zeros((len(source_names), len(features)))
         for start in range(0, len(idx), chunk_size):
             x = _tensors(model, out, [source], idx[start : start + chunk_size])
-            total += np.abs(_shap_values(explainer, method, x, check_additivity)[0]).sum(0)
+            total += np.abs(_shap_values(explainer, method, x, check_additivity, seed=random_state)[0]).sum(0)
         total /= len(idx)
         for j, feature in enumerate(features):
             order = np.argsort(-total[:, j])[:top_k]
