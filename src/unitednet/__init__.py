@@ -2,8 +2,8 @@
 
 from importlib.metadata import version
 
-from . import datasets, model, pl, tl
-from .model import UnitedNetModel
+from . import datasets, model, pl, pp, tl
+from .model import UnitedNetModel, UnitedNetPerturbationModel
 
-__all__ = ["UnitedNetModel", "datasets", "model", "pl", "tl"]
+__all__ = ["UnitedNetModel", "UnitedNetPerturbationModel", "datasets", "model", "pl", "pp", "tl"]
 __version__ = version("unitednet")

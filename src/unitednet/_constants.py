@@ -71,3 +71,23 @@ TASK_OBJECTIVES: dict[str, tuple[str, ...]] = {
 def modality_key(modality: str) -> str:
     """Registry key under which a modality's data matrix is registered."""
     return f"{REGISTRY_KEYS.MODALITY_PREFIX}{modality}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# perturbation modelling (UnitedNetPerturbationModel)
+# ---------------------------------------------------------------------------------------------------------------------
+class _PerturbationKeys(NamedTuple):
+    REGISTRY_KEY: str = "perturbation"
+    IDENTIFIED: str = "unitednet_perturbation"
+    IDENTIFIED_PROBA: str = "unitednet_perturbation_proba"
+    PREDICTED_PREFIX: str = "unitednet_perturbed_"
+    UNS: str = "perturbation"
+
+
+PERTURBATION_KEYS = _PerturbationKeys()
+
+PERTURBATION_LOSS_NAMES = ("perturbation_identification", "perturbation_alignment")
+"""Loss terms added by the perturbation model (trained in the translation objective)."""
+
+DEFAULT_PERTURBATION_LOSS_WEIGHTS = {"perturbation_identification": 1.0, "perturbation_alignment": 1.0}
+"""Default weights of the perturbation loss terms."""

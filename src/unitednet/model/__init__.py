@@ -1,5 +1,6 @@
 """UnitedNet models (scvi-tools ``BaseModelClass``)."""
 
 from ._model import UnitedNetModel
+from ._perturbation import UnitedNetPerturbationModel
 
-__all__ = ["UnitedNetModel"]
+__all__ = ["UnitedNetModel", "UnitedNetPerturbationModel"]

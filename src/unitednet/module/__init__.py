@@ -1,5 +1,6 @@
 """The UnitedNet torch module (scvi-tools ``BaseModuleClass``)."""
 
 from ._module import UnitedNetModule
+from ._perturbation import UnitedNetPerturbationModule
 
-__all__ = ["UnitedNetModule"]
+__all__ = ["UnitedNetModule", "UnitedNetPerturbationModule"]
