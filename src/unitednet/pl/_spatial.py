@@ -92,7 +92,10 @@ def spatial(
     if axes is None:
         n_cols = min(ncols, len(columns))
         n_rows = int(np.ceil(len(columns) / n_cols))
-        fig, grid = plt.subplots(n_rows, n_cols, figsize=(4.2 * n_cols, 4.2 * n_rows), squeeze=False)
+        # panels shaped like the tissue: 4.5 inches high, as wide as the coordinates' aspect ratio asks
+        span = np.ptp(coords, axis=0)
+        width = float(np.clip(4.5 * span[0] / span[1], 2.0, 9.0)) if span[1] > 0 else 4.5
+        fig, grid = plt.subplots(n_rows, n_cols, figsize=((width + 1.0) * n_cols, 4.5 * n_rows), squeeze=False)
         axes = list(grid.ravel())
         for extra in axes[len(columns) :]:
             extra.set_visible(False)
@@ -104,18 +107,24 @@ def spatial(
         ax.scatter(coords[~shown, 0], coords[~shown, 1], s=size, c=BACKGROUND, linewidths=0, rasterized=True)
         idx = np.flatnonzero(shown)
         if categorical[column]:
-            labels = values.astype(object).to_numpy()[idx]
-            known = pd.notna(labels)
-            face = np.tile(to_rgba(BACKGROUND), (len(idx), 1))
-            face[known] = [to_rgba(colors[str(v)]) for v in labels[known]]
+            codes, names = pd.factorize(values.astype(object).to_numpy()[idx])  # missing values: code -1
+            table = np.array([to_rgba(colors[str(name)]) for name in names] + [to_rgba(BACKGROUND)]).reshape(-1, 4)
+            face = table[codes]
             ax.scatter(coords[idx, 0], coords[idx, 1], s=size, c=face, linewidths=0, rasterized=True)
             any_categorical = True
         else:
             numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)[idx]
             finite = np.isfinite(numbers)
-            ax.scatter(coords[idx[~finite], 0], coords[idx[~finite], 1], s=size, c=BACKGROUND, linewidths=0)
+            missing = idx[~finite]
+            ax.scatter(coords[missing, 0], coords[missing, 1], s=size, c=BACKGROUND, linewidths=0, rasterized=True)
             points = ax.scatter(
-                coords[idx[finite], 0], coords[idx[finite], 1], s=size, c=numbers[finite], cmap=cmap, linewidths=0
+                coords[idx[finite], 0],
+                coords[idx[finite], 1],
+                s=size,
+                c=numbers[finite],
+                cmap=cmap,
+                linewidths=0,
+                rasterized=True,
             )
             fig.colorbar(points, ax=ax, shrink=0.7)
         ax.set_title(column)
