@@ -20,10 +20,13 @@ Protocol (one fold per cell type ``t`` of the 6):
   cell-type labels, ``mode="shift"`` predictions).
 - Perturbation identification: accuracy and balanced accuracy of ``model.identify_perturbation`` on all observed
   cells of ``t`` (control and stimulated; the stimulated ones were never seen).
-- Model selection for UnitedNet (nested, never on the held-out type): the prediction ``mode`` (``MODES``) is chosen
-  per fold by an inner leave-one-cell-type-out over the fold's training cell types: for each of the ``INNER_TYPES``
-  largest of them, a model is trained with that type's stimulated cells held out as well and each mode is scored
-  by R² on that type's top-100 DEGs; the mode with the best mean wins. ``--no-select`` uses ``"calibrated"``.
+- Model selection for UnitedNet (nested, never on the held-out type): the network candidate (``CANDIDATES``) and the
+  prediction ``mode`` (``MODES``) are chosen per fold by an inner leave-one-cell-type-out over the fold's training
+  cell types: for each of the ``INNER_TYPES`` largest of them, one model per candidate is trained with that type's
+  stimulated cells held out as well, and each (candidate, mode) is scored by R² on that type's top-100 DEGs; the pair
+  with the best mean wins. ``--no-select`` uses the ``"default"`` candidate and ``"calibrated"``. The candidate list
+  (model defaults; ``perturbation_alignment`` weight 0) comes from ``kang_task_transfer.py``, whose folds held out B
+  and CD14 Mono: the list was informed by those two types' scores, the choice within it is not.
   The network settings are ``SETTING`` (model defaults, 60 epochs), fixed before any held-out figure was seen.
 
 Run from the repository root: ``python benchmarks/kang_perturbation.py`` (one process, one thread per process;
@@ -69,6 +72,11 @@ INNER_TYPES = 2
 # UnitedNet network settings (model defaults; 60 epochs, the best weights on validation cells are kept).
 SETTING: dict[str, dict[str, Any]] = {"model": {}, "train": {"max_epochs": 60}}
 MODES = ("calibrated", "shift")
+# network candidates chosen between by the inner selection (model keyword arguments)
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "no_alignment": {"loss_weights": {"perturbation_alignment": 0.0}},
+}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -280,20 +288,21 @@ def identification(model, mdata: md.MuData, cell_type: str) -> dict[str, float]:
 def inner_select(
     mdata: md.MuData, outer_held: np.ndarray, outer_type: str, setting: dict[str, Any], n_inner: int = INNER_TYPES
 ) -> dict[str, Any]:
-    """Choose the prediction mode by leave-one-cell-type-out among the training cell types of the outer fold."""
+    """Choose the candidate and the mode by leave-one-cell-type-out among the training cell types of the outer fold."""
     candidates = mdata.obs.loc[(mdata.obs[CELL_TYPE] != outer_type).to_numpy(), CELL_TYPE].value_counts()
     inner_types = list(candidates.index[:n_inner])
-    scores: dict[str, list[float]] = {mode: [] for mode in MODES}
+    scores: dict[str, list[float]] = {f"{c}/{mode}": [] for c in CANDIDATES for mode in MODES}
     for inner in inner_types:
         held = outer_held | held_out_mask(mdata, inner)
-        inner_data = mdata.copy()
-        model = train_unitednet(inner_data, held, setting)
-        for mode in MODES:
-            scores[mode].append(
-                score(inner_data, inner, unitednet_predict(model, inner_data, inner, mode))["r2_top100"]
-            )
-    means = {mode: float(np.mean(v)) for mode, v in scores.items()}
-    return {"inner_types": inner_types, "inner_r2_top100": means, "chosen": max(means, key=means.get)}
+        for name, model_kwargs in CANDIDATES.items():
+            inner_data = mdata.copy()
+            model = train_unitednet(inner_data, held, {**setting, "model": {**setting["model"], **model_kwargs}})
+            for mode in MODES:
+                predicted = unitednet_predict(model, inner_data, inner, mode)
+                scores[f"{name}/{mode}"].append(score(inner_data, inner, predicted)["r2_top100"])
+    means = {key: float(np.mean(v)) for key, v in scores.items()}
+    candidate, mode = max(means, key=means.get).split("/")
+    return {"inner_types": inner_types, "inner_r2_top100": means, "candidate": candidate, "mode": mode}
 
 
 def _fold_worker(job: tuple[str, argparse.Namespace]) -> tuple[list[dict], dict]:
@@ -315,13 +324,14 @@ def run_fold(full: md.MuData, cell_type: str, args: argparse.Namespace) -> tuple
     X = dense(mdata.mod["rna"].X)
     ctrl = ((mdata.obs[CELL_TYPE] == cell_type) & (mdata.obs[CONDITION] == CONTROL)).to_numpy()
     fold: dict[str, Any] = {"n_control": int(ctrl.sum()), "n_held_out": int(held.sum())}
-    mode = "calibrated"
+    candidate, mode = "default", "calibrated"
     if not args.no_select:
         with timer() as t:
             fold["selection"] = inner_select(mdata, held, cell_type, setting, args.inner_types)
         fold["selection"]["seconds"] = t.seconds
-        mode = fold["selection"]["chosen"]
-    fold["mode"] = mode
+        candidate, mode = fold["selection"]["candidate"], fold["selection"]["mode"]
+    fold["candidate"], fold["mode"] = candidate, mode
+    setting = {**setting, "model": {**setting["model"], **CANDIDATES[candidate]}}
     preds: dict[str, np.ndarray] = {}
     times: dict[str, float] = {}
     with timer() as t:
@@ -353,7 +363,7 @@ def run_fold(full: md.MuData, cell_type: str, args: argparse.Namespace) -> tuple
         rows.append(
             {
                 "held_out": cell_type,
-                "method": method if method != "unitednet" else f"unitednet ({mode})",
+                "method": method if method != "unitednet" else f"unitednet ({candidate}, {mode})",
                 "r2_all": m["r2_all"],
                 "r2_top20": m["r2_top20"],
                 "r2_top100": m["r2_top100"],
@@ -374,7 +384,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cell-types", nargs="*", default=None, help="held-out cell types (default: all 6)")
     parser.add_argument("--n-top-genes", type=int, default=N_TOP_GENES, help="highly variable genes per fold")
     parser.add_argument("--max-epochs", type=int, default=SETTING["train"]["max_epochs"], help="UnitedNet epochs")
-    parser.add_argument("--no-select", action="store_true", help="skip the inner selection of the mode (calibrated)")
+    parser.add_argument(
+        "--no-select", action="store_true", help="skip the inner selection (default candidate, calibrated mode)"
+    )
     parser.add_argument("--inner-types", type=int, default=INNER_TYPES, help="inner held-out types for selection")
     parser.add_argument("--jobs", type=int, default=1, help="folds run in parallel processes")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per process")
@@ -391,8 +403,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import unitednet  # noqa: F401  (sets scvi's logger level, silenced next)
 
     quiet()
-    # torch's own limit only: limiting the OpenMP pool through threadpoolctl (_common.set_threads) made training
-    # about 30 times slower on these machines
     torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}", flush=True)
     setting = {"model": dict(SETTING["model"]), "train": {**SETTING["train"], "max_epochs": args.max_epochs}}
@@ -443,7 +453,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "data_dir": data_dir,
         "n_top_genes": args.n_top_genes,
         "setting": setting,
-        "modes_chosen": {t: folds[t]["mode"] for t in types},
+        "candidates": CANDIDATES,
+        "chosen": {t: {"candidate": folds[t]["candidate"], "mode": folds[t]["mode"]} for t in types},
         "rows": rows,
         "summary": summary,
         "unitednet_above_every_baseline_r2_top100": above,

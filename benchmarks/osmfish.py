@@ -42,7 +42,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from _common import (
-    RESULTS_DIR,
     default_json_path,
     fmt_mean_sd,
     machine_info,
@@ -278,6 +277,20 @@ def unsupervised_unitednet(mdata, modalities, seed: int, max_epochs: int) -> dic
 # ---------------------------------------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------------------------------------
+def code_state() -> dict:
+    """Commit of the working tree and whether it has uncommitted changes (``None`` outside a git checkout)."""
+    import subprocess
+
+    from _common import REPO_ROOT
+
+    def git(*cmd):
+        done = subprocess.run(["git", *cmd], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD"), "uncommitted_changes": None if status is None else bool(status)}
+
+
 def summary_row(name: str, runs: list[dict], key: str = "band") -> dict:
     row = {"method": name}
     for metric in ("accuracy", "balanced_accuracy", "macro_f1", "ari"):
@@ -366,6 +379,55 @@ def main(argv: list[str] | None = None) -> dict:
     r2 = [t["translation_r2_band"] for t in transfers]
     print(f"RNA -> niche translation on the band: variance-weighted R² {fmt_mean_sd(r2)}")
 
+    # ---- figure: the band's predictions beside the truth (UnitedNet RNA + niche, first seed)
+    figure = None
+    if example is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        mdata.obs["predicted (band)"] = pd.Categorical(
+            np.where(band, example, None), categories=list(mdata.obs[LABELS_KEY].cat.categories)
+        )
+        # the truth over the whole section; the predictions on the band only (other cells grey)
+        fig = un.pl.spatial(mdata, color=[LABELS_KEY, "predicted (band)"])
+        figure = args.out.with_name(f"{args.out.stem}_band.png")
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(figure, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+
+    result = {
+        "benchmark": NAME,
+        "protocol": __doc__,
+        "complete": False,
+        "settings": {
+            "band": BAND,
+            "validation_size": VALIDATION_SIZE,
+            "k_candidates": K_CANDIDATES,
+            "weighting": WEIGHTING,
+            "max_epochs": args.max_epochs,
+            "batch_size": BATCH_SIZE,
+            "seeds": args.seeds,
+            "threads": args.threads,
+        },
+        "code": code_state(),
+        "data_dir": data_dir,
+        "split_counts": counts,
+        "band_regions": band_regions.to_dict(),
+        "k_selection": k_rows,
+        "k": best_k,
+        "niche_seconds": niche_seconds,
+        "baselines": baselines,
+        "unitednet_supervised": supervised,
+        "transfer": transfers,
+        "rna_plus_niche_better_every_seed": better,
+        "figure": figure,
+        "machine": machine_info(),
+        "versions": package_versions(["unitednet", "scvi-tools", "torch", "scanpy", "scikit-learn", "scipy"]),
+    }
+    write_json(result, args.out)  # the supervised part, in case the long unsupervised part is interrupted
+
     # ---- unsupervised domains
     unsupervised: dict[str, Any] = {}
     if not args.no_unsupervised:
@@ -402,54 +464,9 @@ def main(argv: list[str] | None = None) -> dict:
         unet = mean_sd([r["heads"]["ari"] for r in runs["rna+niche"]])[0]
         print(f"ARI: Leiden on RNA {leiden_rna:.3f} vs UnitedNet on RNA + niche {unet:.3f}")
 
-    # ---- figure: the band's predictions beside the truth (UnitedNet RNA + niche, first seed)
-    figure = None
-    if example is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        mdata.obs["predicted (band)"] = pd.Categorical(
-            np.where(band, example, None), categories=list(mdata.obs[LABELS_KEY].cat.categories)
-        )
-        # the truth over the whole section; the predictions on the band only (other cells grey)
-        fig = un.pl.spatial(mdata, color=[LABELS_KEY, "predicted (band)"])
-        figure = RESULTS_DIR / f"{NAME}_band.png"
-        figure.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(figure, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-
-    result = {
-        "benchmark": NAME,
-        "protocol": __doc__,
-        "settings": {
-            "band": BAND,
-            "validation_size": VALIDATION_SIZE,
-            "k_candidates": K_CANDIDATES,
-            "weighting": WEIGHTING,
-            "max_epochs": args.max_epochs,
-            "batch_size": BATCH_SIZE,
-            "seeds": args.seeds,
-            "threads": args.threads,
-        },
-        "data_dir": data_dir,
-        "split_counts": counts,
-        "band_regions": band_regions.to_dict(),
-        "k_selection": k_rows,
-        "k": best_k,
-        "niche_seconds": niche_seconds,
-        "baselines": baselines,
-        "unitednet_supervised": supervised,
-        "transfer": transfers,
-        "rna_plus_niche_better_every_seed": better,
-        "unsupervised": unsupervised,
-        "figure": figure,
-        "total_s": time.perf_counter() - total,
-        "peak_rss_mb": peak_rss_mb(),
-        "machine": machine_info(),
-        "versions": package_versions(["unitednet", "scvi-tools", "torch", "scanpy", "scikit-learn", "scipy"]),
-    }
+    result.update(
+        unsupervised=unsupervised, complete=True, total_s=time.perf_counter() - total, peak_rss_mb=peak_rss_mb()
+    )
     path = write_json(result, args.out)
     print(f"\nwrote {path} ({result['total_s']:.0f} s)")
     return result

@@ -45,7 +45,8 @@ def niche(
     """Add a niche modality: for each cell, the weighted mean expression of its spatial neighbours.
 
     The neighbours come from a sparse k-nearest-neighbour (or radius) graph on the cell coordinates (a k-d tree):
-    time and memory grow as O(cells x neighbours); no cells x cells dense matrix is ever formed. The niche of cell
+    memory grows as O(cells x neighbours) and time as O(cells x neighbours) plus the k-d tree's O(cells log cells);
+    no cells x cells dense matrix is ever formed. The niche of cell
     ``i`` is ``sum_j w_ij x_j`` over its neighbours ``j``, with weights ``w_ij`` that sum to 1 per cell, so it is
     on the scale of the input expression and can be registered as one more gaussian modality of
     :class:`~unitednet.model.UnitedNetModel` (e.g. ``setup_mudata(mdata, modalities=["rna", "niche"])``).
