@@ -47,22 +47,29 @@ def use_local_data() -> str | None:
     return os.environ.get(DATA_ENV_VAR)
 
 
-def set_threads(n_threads: int) -> int:
+def set_threads(n_threads: int, verbose: bool = True) -> int:
     """Limit torch's intra-op threads and the BLAS / OpenMP pools already loaded (numpy, scipy, scikit-learn).
 
+    numba's thread pool is started first: its start (on the first parallel numba call, e.g. scanpy's first
+    ``sc.pp.neighbors`` or ``sc.tl.umap``) resets the OpenMP thread count, torch's included, to the number of cores.
+    Left to happen between trainings, that reset turns a one-thread training into a two-thread one, and two such
+    processes on two cores spin-wait on each other's OpenMP barriers (training ten times slower, seen here).
     Call it after importing the numerical libraries: :mod:`threadpoolctl` limits only the pools loaded so far.
-    Prints the counts and returns the count torch reports.
+    Prints the counts (``verbose``) and returns the count torch reports.
     """
+    import numba
     import torch
     from threadpoolctl import threadpool_info, threadpool_limits
 
     if n_threads < 1:
         raise ValueError(f"--threads must be >= 1, got {n_threads}.")
+    numba.get_num_threads()  # starts numba's thread pool now (once per process), before the limits are set
     torch.set_num_threads(n_threads)
     _THREADPOOL_LIMITS.append(threadpool_limits(limits=n_threads))  # kept: the limit holds while it exists
     actual = torch.get_num_threads()
-    pools = ", ".join(sorted({f"{p['internal_api']}={p['num_threads']}" for p in threadpool_info()}))
-    print(f"torch threads: {actual} (intra-op); BLAS/OpenMP pools: {pools}; {os.cpu_count()} CPU cores", flush=True)
+    if verbose:
+        pools = ", ".join(sorted({f"{p['internal_api']}={p['num_threads']}" for p in threadpool_info()}))
+        print(f"torch threads: {actual} (intra-op); BLAS/OpenMP pools: {pools}; {os.cpu_count()} CPU cores", flush=True)
     return actual
 
 

@@ -55,6 +55,7 @@ from _common import (
     package_versions,
     print_table,
     quiet,
+    set_threads,
     timer,
     use_local_data,
     write_json,
@@ -310,7 +311,7 @@ def _fold_worker(job: tuple[str, argparse.Namespace]) -> tuple[list[dict], dict]
     import unitednet  # noqa: F401  (sets scvi's logger level, silenced next)
 
     use_local_data()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads, verbose=False)
     quiet()
     return run_fold(load_kang(), cell_type, args)
 
@@ -403,8 +404,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import unitednet  # noqa: F401  (sets scvi's logger level, silenced next)
 
     quiet()
-    torch.set_num_threads(args.threads)
-    print(f"torch threads: {torch.get_num_threads()}", flush=True)
+    set_threads(args.threads)
     setting = {"model": dict(SETTING["model"]), "train": {**SETTING["train"], "max_epochs": args.max_epochs}}
     full = load_kang()
     types = list(full.obs[CELL_TYPE].cat.categories) if args.cell_types is None else args.cell_types

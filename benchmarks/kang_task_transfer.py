@@ -32,13 +32,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from _common import (
     default_json_path,
     machine_info,
     package_versions,
     print_table,
     quiet,
+    set_threads,
     timer,
     use_local_data,
     write_json,
@@ -142,7 +142,7 @@ def _worker(job: tuple[str, str, int, argparse.Namespace]) -> tuple[dict[str, fl
     import unitednet  # noqa: F401  (sets scvi's logger level, silenced next)
 
     use_local_data()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads, verbose=False)
     quiet()
     return _run(load_kang(), cell_type, name, seed, args)
 
@@ -165,8 +165,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import unitednet  # noqa: F401  (sets scvi's logger level, silenced next)
 
     quiet()
-    torch.set_num_threads(args.threads)
-    print(f"torch threads: {torch.get_num_threads()}", flush=True)
+    set_threads(args.threads)
     jobs = [(cell_type, name, seed) for seed in args.seeds for cell_type in args.folds for name in args.configs]
     if args.jobs > 1:
         import multiprocessing

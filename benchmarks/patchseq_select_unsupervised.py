@@ -10,8 +10,7 @@ import time
 
 import numpy as np
 import scvi
-import torch
-from _common import default_json_path, write_json
+from _common import default_json_path, set_threads, write_json
 from sklearn.model_selection import StratifiedKFold
 
 import unitednet as un
@@ -35,7 +34,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     mdata = un.datasets.patchseq()
     y = mdata.obs["cell_type_TEM"].astype(str).to_numpy()
     folds = list(StratifiedKFold(10, shuffle=True, random_state=0).split(y, y))[:2]
