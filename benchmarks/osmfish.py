@@ -437,11 +437,11 @@ def main(argv: list[str] | None = None) -> dict:
         runs = {"rna": [], "rna+niche": []}
         for seed in args.seeds:
             for key, mods in (("rna+niche", ("rna", "niche")), ("rna", ("rna",))):
-                result = unsupervised_unitednet(mdata, mods, seed, args.max_epochs)
-                runs[key].append(result)
+                run = unsupervised_unitednet(mdata, mods, seed, args.max_epochs)
+                runs[key].append(run)
                 print(
-                    f"UnitedNet unsupervised {key:9s} seed {seed}: ARI {result['heads']['ari']:.3f} "
-                    f"(Leiden on its latent {result['leiden_on_latent']['ari']:.3f}; {result['train_seconds']:.0f} s)",
+                    f"UnitedNet unsupervised {key:9s} seed {seed}: ARI {run['heads']['ari']:.3f} "
+                    f"(Leiden on its latent {run['leiden_on_latent']['ari']:.3f}; {run['train_seconds']:.0f} s)",
                     flush=True,
                 )
         unsupervised["UnitedNet runs"] = runs
