@@ -24,6 +24,11 @@ CANDIDATES: dict[str, tuple[dict, dict]] = {
     "heads5_dropout0.1": ({"n_heads": 5, "dropout_rate": 0.1}, {}),
     "heads5_ddc_updates_encoders": ({"n_heads": 5, "clustering_updates_encoders": True}, {}),
     "heads5_latent64": ({"n_heads": 5, "n_latent": 64}, {}),
+    "heads10": ({"n_heads": 10}, {}),
+    "heads5_ddc1": ({"n_heads": 5, "loss_weights": {"ddc": 1.0}}, {}),
+    "heads5_ddc3": ({"n_heads": 5, "loss_weights": {"ddc": 3.0}}, {}),
+    "heads5_ddc10": ({"n_heads": 5, "loss_weights": {"ddc": 10.0}}, {}),
+    "heads5_ddc1_entropy1": ({"n_heads": 5, "loss_weights": {"ddc": 1.0, "self_entropy": 1.0}}, {}),
 }
 
 

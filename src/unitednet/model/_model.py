@@ -74,7 +74,9 @@ class UnitedNetModel(BaseModelClass):
     loss_weights
         Weights of the loss terms, keyed by name (``classification``, ``ddc``, ``self_entropy``, ``reconstruction``,
         ``translation``, ``generator``, ``discriminator``, ``contrastive``); omitted terms keep the published
-        defaults (1, except 0.1 for ``ddc``, ``self_entropy``, ``generator`` and ``discriminator``).
+        defaults (1, except 0.1 for ``ddc``, ``self_entropy``, ``generator`` and ``discriminator``). For
+        unsupervised group identification a larger ``ddc`` weight can help: on Patch-seq (5 heads) a weight of 1 to
+        10 clustered the training cells better than 0.1.
     standardize
         Centre and scale each gaussian modality per feature with statistics of the training cells only (stored in
         the model, applied to any data it later reads, undone on predicted profiles). ``True``/``False`` for all
