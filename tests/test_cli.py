@@ -80,6 +80,44 @@ def test_fit_unsupervised(tiny_h5mu, tmp_path):
     assert list(annotated.obs["unitednet_group"].cat.categories) == ["0", "1", "2"]
 
 
+def test_fit_passes_heads_and_loss_weights(tiny_h5mu, tmp_path):
+    out = tmp_path / "out"
+    _fit(
+        tiny_h5mu,
+        out,
+        "--task",
+        "unsupervised",
+        "--n-heads",
+        "3",
+        "--loss-weight",
+        "ddc=3",
+        "--loss-weight",
+        "contrastive=0.5",
+    )
+    annotated = md.read_h5mu(out / "annotated.h5mu")
+    model = UnitedNetModel.load(str(out / "model"), annotated)
+    assert model.module.heads.n_heads == 3
+    assert model.module.loss_weights["ddc"] == 3.0
+    assert model.module.loss_weights["contrastive"] == 0.5
+    assert model.module.loss_weights["self_entropy"] == 0.1  # untouched terms keep their defaults
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("ddc", "expected NAME=VALUE"),
+        ("typo=1", "unknown loss 'typo'"),
+        ("ddc=big", "must be a number"),
+        ("ddc=-1", "must be >= 0"),
+    ],
+)
+def test_fit_rejects_bad_loss_weights(tiny_h5mu, capsys, value, message):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", str(tiny_h5mu), "--loss-weight", value])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_fit_translation(tiny_h5mu, tmp_path):
     out = tmp_path / "translation"
     _fit(tiny_h5mu, out, "--task", "translation", "--modalities", "atac", "rna")

@@ -19,6 +19,24 @@ _BUILTIN = {
 }
 
 
+def _loss_weight(text: str) -> tuple[str, float]:
+    """Parse one ``--loss-weight NAME=VALUE`` argument."""
+    from unitednet._constants import LOSS_NAMES
+
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (e.g. ddc=3), got {text!r}")
+    if name not in LOSS_NAMES:
+        raise argparse.ArgumentTypeError(f"unknown loss {name!r}; choose from {', '.join(LOSS_NAMES)}")
+    try:
+        weight = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"the weight of {name!r} must be a number, got {value!r}") from None
+    if not weight >= 0:
+        raise argparse.ArgumentTypeError(f"the weight of {name!r} must be >= 0, got {value!r}")
+    return name, weight
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unitednet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,6 +63,15 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--train-size", type=float, default=0.8)
     fit.add_argument("--validation-size", type=float, default=0.1)
     fit.add_argument("--n-latent", type=int, default=32)
+    fit.add_argument("--n-heads", type=int, default=1, help="group heads trained in parallel")
+    fit.add_argument(
+        "--loss-weight",
+        type=_loss_weight,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="weight of one loss term, repeatable (e.g. --loss-weight ddc=3); others keep their defaults",
+    )
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for small data)")
     fit.add_argument("--out", type=Path, help="output folder (default results/<dataset name>)")
@@ -89,7 +116,7 @@ def fit(args: argparse.Namespace) -> dict:
     )
 
     un.UnitedNetModel.setup_mudata(mdata, modalities=args.modalities, labels_key=labels_key)
-    model_kwargs = {"n_latent": args.n_latent}
+    model_kwargs = {"n_latent": args.n_latent, "n_heads": args.n_heads, "loss_weights": dict(args.loss_weight) or None}
     if args.task == "unsupervised":
         model_kwargs["n_groups"] = args.n_groups or (mdata.obs[labels_key].nunique() if labels_key else None)
         if not model_kwargs["n_groups"]:
