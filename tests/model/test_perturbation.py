@@ -193,6 +193,48 @@ def test_counterfactual_identification_term():
     assert module._counterfactual_identification(z, torch.zeros_like(codes), strata) is None
 
 
+def test_neighbour_weights():
+    centroids = torch.tensor([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0]])
+    z = torch.tensor([[0.1, 0.0], [9.0, 0.0]])
+    w = UnitedNetPerturbationModule.neighbour_weights(z, centroids, 0.1, 1.0)
+    torch.testing.assert_close(w.sum(1), torch.ones(2))
+    assert w[0].argmax() == 0 and w[1].argmax() == 2
+    # softmax of minus the squared distances over the temperature (shifted by the row minimum)
+    d = torch.tensor([0.01, 0.81, 98.01])
+    torch.testing.assert_close(w[0], torch.softmax(-d / 0.1, 0))
+    # an infinite temperature weighs the strata equally; a lower one sharpens the weights
+    torch.testing.assert_close(
+        UnitedNetPerturbationModule.neighbour_weights(z, centroids, float("inf"), 1.0), torch.full((2, 3), 1 / 3)
+    )
+    flat = UnitedNetPerturbationModule.neighbour_weights(z, centroids, 100.0, 1.0)
+    assert float(flat[0, 0]) < float(w[0, 0])
+
+
+def test_select_neighbour_temperature_by_leave_one_stratum_out():
+    # two pairs of strata: the strata of a pair lie close together and respond alike, the pairs differ
+    centroids = torch.tensor([[0.0, 0.0], [0.5, 0.0], [10.0, 0.0], [10.5, 0.0]])
+    cells = [c + 0.1 * torch.randn(5, 2, generator=torch.Generator().manual_seed(i)) for i, c in enumerate(centroids)]
+    pair = torch.tensor([[3.0, 0.0, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, 3.0], [0.0, 0.0, 3.0]])
+    temps = (0.01, 0.1, 1.0, float("inf"))
+    temperature, scale = UnitedNetPerturbationModule.select_neighbour_temperature(
+        cells, centroids, {"rna": pair}, {"rna": 1.0}, temps
+    )
+    distances = torch.cdist(centroids, centroids) ** 2
+    assert scale == pytest.approx(float(distances[tuple(torch.triu_indices(4, 4, 1))].median()))
+    assert temperature < 1.0
+    # every stratum responds alike: every temperature predicts as well, and the tie goes to equal weights
+    same = torch.tensor([[3.0, 1.0, 0.0]]).repeat(4, 1)
+    temperature, _ = UnitedNetPerturbationModule.select_neighbour_temperature(
+        cells, centroids, {"rna": same}, {"rna": 1.0}, temps
+    )
+    assert np.isinf(temperature)
+    # fewer than three strata: nothing to leave out against, equal weights
+    temperature, _ = UnitedNetPerturbationModule.select_neighbour_temperature(
+        cells[:2], centroids[:2], {"rna": pair[:2]}, {"rna": 1.0}, temps
+    )
+    assert np.isinf(temperature)
+
+
 def test_perturbation_head_trains_in_the_translation_objective():
     module = UnitedNetPerturbationModule({"rna": 5}, {"rna": "gaussian"}, n_groups=2, n_latent=3, n_hidden=4)
     groups = module.parameter_groups()
@@ -314,12 +356,24 @@ def test_predict_perturbation_on_unseen_perturbed_type(trained):
         "source": "CTRL",
         "target": "STIM",
         "modality": "rna",
-        "mode": "calibrated",
+        "mode": "neighbours",
     }
-    # learned from the other types only: the shifted genes go up by about 3, the others hardly move
+    # learned from the other types only: the shifted genes go up by about 3, the others hardly move; with two
+    # training types the neighbour weights are equal, so the change is the types' mean change
     change = pred.X.mean(0) - mdata.mod["rna"].X[gamma_ctrl].mean(0)
     assert 2.0 < change[SHIFTED_RNA].mean() < 4.0
     assert np.abs(change[6:]).mean() < 0.5
+    assert np.isinf(float(model.module.neighbour_temperature[1]))
+    x, obs, split = mdata.mod["rna"].X, mdata.obs, model.split_
+    types = [
+        x[(obs["cell_type"] == t).to_numpy() & (obs["condition"] == c).to_numpy() & (split == "train")].mean(0)
+        for t in ("alpha", "beta")
+        for c in ("CTRL", "STIM")
+    ]
+    np.testing.assert_allclose(change, ((types[1] - types[0]) + (types[3] - types[2])) / 2, atol=1e-4)
+    calibrated = model.predict_perturbation(indices=gamma_ctrl, mode="calibrated")
+    change = calibrated.X.mean(0) - mdata.mod["rna"].X[gamma_ctrl].mean(0)
+    assert 2.0 < change[SHIFTED_RNA].mean() < 4.0
     # the uncalibrated decoded change points the same way
     shifted = model.predict_perturbation(indices=gamma_ctrl, mode="shift")
     change = shifted.X.mean(0) - mdata.mod["rna"].X[gamma_ctrl].mean(0)
@@ -331,12 +385,42 @@ def test_predict_perturbation_on_unseen_perturbed_type(trained):
     decoded = model.predict_perturbation(indices=gamma_ctrl, mode="decode")
     assert not np.allclose(decoded.X, pred.X)
     stim = (mdata.obs["condition"] == "STIM").to_numpy()
-    for mode in ("shift", "calibrated"):
+    for mode in ("neighbours", "shift", "calibrated"):
         same = model.predict_perturbation(source="STIM", target="STIM", indices=stim & ~held, mode=mode)
         np.testing.assert_allclose(same.X, mdata.mod["rna"].X[stim & ~held], atol=1e-5)
     # bernoulli target: probabilities
     atac = model.predict_perturbation(indices=gamma_ctrl, modality="atac")
     assert atac.shape == (gamma_ctrl.sum(), 32) and atac.X.min() >= 0 and atac.X.max() <= 1
+
+
+def test_neighbours_mode_takes_the_response_of_similar_cell_types(model_kwargs, train_kwargs):
+    """Two pairs of similar cell types respond on different genes; a held-out type takes its pair's response."""
+    rng = np.random.default_rng(0)
+    types = np.repeat(["a1", "a2", "b1", "b2"], 60)
+    centres = {"a1": 0.0, "a2": 0.7, "b1": 6.0, "b2": 6.7}
+    x = rng.normal(size=(len(types), 24)).astype(np.float32)
+    x[:, 12:] += np.array([centres[t] for t in types], dtype=np.float32)[:, None]
+    stim = rng.uniform(size=len(types)) < 0.5
+    x[np.ix_(stim & np.isin(types, ["a1", "a2"]), np.arange(6))] += 3.0
+    x[np.ix_(stim & np.isin(types, ["b1", "b2"]), np.arange(6, 12))] += 3.0
+    obs = pd.DataFrame(
+        {"cell_type": pd.Categorical(types), "condition": pd.Categorical(np.where(stim, "STIM", "CTRL"))},
+        index=[f"c{i}" for i in range(len(types))],
+    )
+    rna = ad.AnnData(x, obs=obs.copy(), var=pd.DataFrame(index=[f"g{i}" for i in range(24)]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mdata = md.MuData({"rna": rna})
+    mdata.obs = obs.copy()
+    held = stim & (types == "a2")
+    model = _fit(mdata, model_kwargs, {**train_kwargs, "max_epochs": 15}, train={"held_out": held})
+    assert float(model.module.neighbour_temperature[1]) < 1.0  # chosen by leave-one-type-out: the pairs differ
+    cells = ~stim & (types == "a2")
+    change = model.predict_perturbation(indices=cells).X.mean(0) - x[cells].mean(0)
+    assert change[:6].mean() > 2.0 and np.abs(change[6:12]).mean() < 1.0
+    # the label-balanced mean change of the training types (a1, b1, b2) would be 1 and 2
+    mean_change = model.predict_perturbation(indices=cells, mode="calibrated").X.mean(0) - x[cells].mean(0)
+    assert mean_change[:6].mean() < change[:6].mean()
 
 
 def test_predict_perturbation_errors(trained, make_query):
@@ -346,7 +430,7 @@ def test_predict_perturbation_errors(trained, make_query):
         model.predict_perturbation(target="KO")
     with pytest.raises(ValueError, match="Some chosen cells are under \\['STIM'\\]"):
         model.predict_perturbation(indices=np.arange(mdata.n_obs))
-    with pytest.raises(ValueError, match="mode must be 'calibrated', 'shift' or 'decode'"):
+    with pytest.raises(ValueError, match="mode must be 'neighbours', 'calibrated', 'shift' or 'decode'"):
         model.predict_perturbation(mode="add")
     with pytest.raises(KeyError, match="Unknown modality 'adt'"):
         model.predict_perturbation(modality="adt")
@@ -382,9 +466,14 @@ def test_save_load_round_trip(trained, tmp_path, make_mudata):
     torch.testing.assert_close(loaded.module.perturbation_shift, model.module.perturbation_shift)
     torch.testing.assert_close(loaded.module.perturbation_weights, model.module.perturbation_weights)
     cells = ((loaded.adata.obs["cell_type"] == "gamma") & (loaded.adata.obs["condition"] == "CTRL")).to_numpy()
-    np.testing.assert_allclose(
-        loaded.predict_perturbation(indices=cells).X, model.predict_perturbation(indices=cells).X, atol=1e-6
-    )
+    for name, buffer in model.module.named_buffers():
+        torch.testing.assert_close(dict(loaded.module.named_buffers())[name], buffer)
+    for mode in ("neighbours", "calibrated", "shift", "decode"):
+        np.testing.assert_allclose(
+            loaded.predict_perturbation(indices=cells, mode=mode).X,
+            model.predict_perturbation(indices=cells, mode=mode).X,
+            atol=1e-6,
+        )
     np.testing.assert_array_equal(loaded.identify_perturbation(), model.identify_perturbation())
 
 

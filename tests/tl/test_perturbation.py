@@ -161,12 +161,12 @@ def test_predict_perturbation_writer(pert_model, reuse_model, snapshot, assert_u
     assert layer.shape == (mdata.n_obs, 24)
     ctrl = (mdata.obs["condition"] == "CTRL").to_numpy()
     np.testing.assert_allclose(layer[ctrl], model.predict_perturbation(target="STIM").X, rtol=1e-6)
-    # cells already stimulated keep their measured profile (zero move, calibrated mode)
+    # cells already stimulated keep their measured profile (zero move, default neighbours mode)
     np.testing.assert_allclose(layer[~ctrl], mdata.mod["rna"].X[~ctrl], atol=1e-5)
     assert copied.uns["unitednet"]["perturbation"]["unitednet_perturbed_STIM"] == {
         "target": "STIM",
         "modality": "rna",
-        "mode": "calibrated",
+        "mode": "neighbours",
     }
     # in place, another key, the control profiles of the stimulated cells, decoded
     assert unitednet.tl.predict_perturbation(model, target="CTRL", key_added="back", mode="decode") is None

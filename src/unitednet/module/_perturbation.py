@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,6 +49,9 @@ class UnitedNetPerturbationModule(UnitedNetModule):
         Match basal latents within each registered label (cell type) rather than over all cells.
     perturbation_loss_weights
         Weights of ``perturbation_alignment`` and ``perturbation_identification`` (default 1 each).
+    n_strata
+        Number of strata (registered labels, 1 without labels) of the label-neighbour response
+        (:meth:`neighbour_change`).
     counterfactual_identification
         Also train the identification head on counterfactual cells: control cells of the minibatch moved along the
         minibatch's latent shift of a random perturbation, labelled with that perturbation (the two cross-entropies
@@ -67,6 +71,7 @@ class UnitedNetPerturbationModule(UnitedNetModule):
         control_index: int = 0,
         align_within_labels: bool = True,
         perturbation_loss_weights: Mapping[str, float] | None = None,
+        n_strata: int = 1,
         counterfactual_identification: bool = False,
         n_latent: int = 32,
         n_hidden: int = 256,
@@ -99,6 +104,20 @@ class UnitedNetPerturbationModule(UnitedNetModule):
         # cells (data units, label-balanced), set by the model when training ends; read by the calibrated prediction
         for m, n in n_features.items():
             self.register_buffer(f"calibration_{m}", torch.zeros(2, n_perturbations, n))
+        # label-neighbour response (set by the model when training ends; read by mode="neighbours"): per stratum,
+        # the mean fused latent of its training control cells, and per perturbation and stratum the observed mean
+        # change from control (data units) and whether the stratum has training cells of both (for the control row:
+        # whether it has training control cells); per perturbation,
+        # the temperature chosen by leave-one-stratum-out and the squared-distance scale of the weights
+        if n_strata < 1:
+            raise ValueError(f"n_strata must be >= 1, got {n_strata}.")
+        self.n_strata = n_strata
+        self.register_buffer("stratum_centroid", torch.zeros(n_strata, n_latent))
+        for m, n in n_features.items():
+            self.register_buffer(f"response_{m}", torch.zeros(n_perturbations, n_strata, n))
+        self.register_buffer("response_found", torch.zeros(n_perturbations, n_strata))
+        self.register_buffer("neighbour_temperature", torch.full((n_perturbations,), float("inf")))
+        self.register_buffer("neighbour_scale", torch.ones(n_perturbations))
         mask = torch.ones(n_perturbations, 1)
         mask[control_index] = 0.0
         self.register_buffer("_shift_mask", mask)
@@ -156,6 +175,102 @@ class UnitedNetPerturbationModule(UnitedNetModule):
     def calibration(self, modality: str) -> torch.Tensor:
         """Observed ([0]) and decoded ([1]) mean change from control to each perturbation on the training cells."""
         return getattr(self, f"calibration_{modality}")
+
+    def response(self, modality: str) -> torch.Tensor:
+        """Observed mean change from control of each perturbation in each stratum (perturbations x strata x features)."""
+        return getattr(self, f"response_{modality}")
+
+    @staticmethod
+    def neighbour_weights(z: torch.Tensor, centroids: torch.Tensor, temperature: float, scale: float) -> torch.Tensor:
+        """Weights (cells x strata, rows summing to 1) of the strata for each latent ``z``.
+
+        ``softmax(-(d - min d) / temperature)`` over the strata, with ``d`` the squared distance of ``z`` to each
+        stratum's control centroid divided by ``scale``; an infinite temperature weighs every stratum equally.
+        """
+        if not np.isfinite(temperature):
+            return z.new_full((z.shape[0], centroids.shape[0]), 1.0 / centroids.shape[0])
+        d = torch.cdist(z, centroids) ** 2 / scale
+        return torch.softmax(-(d - d.min(1, keepdim=True).values) / temperature, dim=1)
+
+    @staticmethod
+    def select_neighbour_temperature(
+        cells: Sequence[torch.Tensor],
+        centroids: torch.Tensor,
+        responses: Mapping[str, torch.Tensor],
+        total_variance: Mapping[str, torch.Tensor | float],
+        temperatures: Sequence[float],
+    ) -> tuple[float, float]:
+        """Temperature and distance scale of :meth:`neighbour_weights`, by leave-one-stratum-out.
+
+        Parameters
+        ----------
+        cells
+            Per stratum, the basal latents of its control cells.
+        centroids
+            Control centroid of each stratum (strata x latent).
+        responses
+            Per modality, the observed mean change of each stratum (strata x features, data units).
+        total_variance
+            Per modality, the summed variance of its features over the training cells.
+        temperatures
+            Candidates (``inf``: equal weights).
+
+        Returns
+        -------
+        The candidate whose weights, computed from the *other* strata, best predict each stratum's mean change (the
+        situation of a cell type never seen perturbed): squared error over the modality's total variance, summed
+        over the modalities and strata; ties go to the higher temperature. With fewer than three strata, ``inf``.
+        The scale is the median squared distance between the centroids.
+        """
+        k = centroids.shape[0]
+        scale = (
+            float((torch.cdist(centroids, centroids) ** 2)[tuple(torch.triu_indices(k, k, 1))].median())
+            if k > 1
+            else 1.0
+        )
+        scale = scale if scale > 0 else 1.0
+        if k < 3:
+            return float("inf"), scale
+        losses = []
+        for temperature in temperatures:
+            loss = 0.0
+            for i in range(k):
+                others = [j for j in range(k) if j != i]
+                w = UnitedNetPerturbationModule.neighbour_weights(cells[i], centroids[others], temperature, scale)
+                w = w.mean(0)
+                for m, r in responses.items():
+                    loss += float(((w @ r[others] - r[i]) ** 2).sum() / max(float(total_variance[m]), 1e-12))
+            losses.append(loss)
+        best = min(losses)
+        tied = [t for t, loss in zip(temperatures, losses, strict=True) if loss <= best * (1 + 1e-6) + 1e-12]
+        return max(tied), scale
+
+    def neighbour_change(self, modality: str, z_fused: torch.Tensor, source: int, target: int) -> torch.Tensor:
+        """Change of each cell from perturbation ``source`` to ``target``, from the strata nearest to it (data units).
+
+        The cell's basal fused latent (``z_fused`` moved from ``source`` to the control) is compared with the control
+        centroids of the training strata that hold control cells and cells of both ``source`` and ``target``
+        (:meth:`neighbour_weights`, with the temperature and scale of the non-control perturbation of the pair,
+        ``target`` when both are perturbations); the change is the weighted mean of the strata's observed changes.
+        """
+        found = self.response_found.bool()
+        strata = torch.nonzero(found[source] & found[target] & found[self.control_index]).flatten()
+        if len(strata) == 0:
+            raise ValueError("No training stratum holds cells of both perturbations; their change is unknown.")
+        p = source if target == self.control_index else target
+        basal = self.counterfactual(
+            z_fused,
+            torch.full((z_fused.shape[0],), source, dtype=torch.long, device=z_fused.device),
+            torch.full((z_fused.shape[0],), self.control_index, dtype=torch.long, device=z_fused.device),
+        )
+        weights = self.neighbour_weights(
+            basal,
+            self.stratum_centroid[strata],
+            float(self.neighbour_temperature[p]),
+            float(self.neighbour_scale[p]),
+        )
+        change = self.response(modality)[target, strata] - self.response(modality)[source, strata]
+        return weights @ change
 
     def counterfactual(self, z: torch.Tensor, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Latent ``z`` of cells under perturbation codes ``source`` moved to perturbation codes ``target``."""

@@ -35,7 +35,7 @@ def predict_perturbation(
     target: str | None = None,
     source: str | None = None,
     modality: str | None = None,
-    mode: Literal["calibrated", "shift", "decode"] = "calibrated",
+    mode: Literal["neighbours", "calibrated", "shift", "decode"] = "neighbours",
     key_added: str | None = None,
     batch_size: int | None = None,
     copy: bool = False,
@@ -44,7 +44,7 @@ def predict_perturbation(
 
     Each cell is moved from its own perturbation (``mdata.obs[perturbation_key]``) to ``target`` with
     :meth:`~unitednet.model.UnitedNetPerturbationModel.predict_perturbation`; cells already under ``target`` are moved
-    by a zero shift (their measured profile with ``mode="shift"`` or ``"calibrated"``, their reconstruction with
+    by a zero shift (their measured profile with ``mode="neighbours"``, ``"shift"`` or ``"calibrated"``, their reconstruction with
     ``mode="decode"``).
 
     Parameters
@@ -61,7 +61,7 @@ def predict_perturbation(
     modality
         Modality predicted; the first registered modality by default. It must be a modality of ``mdata``.
     mode
-        ``"calibrated"``, ``"shift"`` or ``"decode"``, see :meth:`~unitednet.model.UnitedNetPerturbationModel.predict_perturbation`.
+        ``"neighbours"``, ``"calibrated"``, ``"shift"`` or ``"decode"``, see :meth:`~unitednet.model.UnitedNetPerturbationModel.predict_perturbation`.
     key_added
         Layer name; default ``f"unitednet_perturbed_{target}"``.
     batch_size
