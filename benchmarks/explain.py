@@ -248,6 +248,38 @@ def fine_ranks(rel: pd.DataFrame, counts: pd.Series) -> dict[str, dict[str, Any]
     return out
 
 
+def marker_diagnostics(model, mdata) -> dict[str, dict[str, int]]:
+    """Per major class, two ranks of its marker among the RNA genes that do not involve SHAP.
+
+    ``data_rank``: by the absolute difference, in the model's standardised units, between the class's mean and the
+    mean of the other classes' means (training cells). ``weight_rank``: by the norm of the gene's column in the first
+    linear layer of the RNA encoder (how strongly the trained network reads the gene at all).
+    """
+    import torch
+
+    module = model.module
+    train = np.asarray(model.split_) == "train"
+    x = mdata.mod["rna"].X
+    x = np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)[train]
+    std = module.standardizers["rna"]
+    x = (x - std.loc.cpu().numpy()) / std.scale.cpu().numpy()
+    major = mdata.obs[MAJOR_KEY].astype(str).to_numpy()[train]
+    first = next(m for m in module.encoders["rna"].modules() if isinstance(m, torch.nn.Linear))
+    weight = pd.Series(first.weight.detach().norm(dim=0).cpu().numpy(), index=mdata.mod["rna"].var_names)
+    out = {}
+    for cls, gene in MARKERS.items():
+        if gene not in weight.index or not (major == cls).any():
+            continue
+        others = [c for c in np.unique(major) if c != cls]
+        diff = pd.Series(np.abs(x[major == cls].mean(0) - np.mean([x[major == c].mean(0) for c in others], 0)))
+        diff.index = weight.index
+        out[cls] = {
+            "data_rank": int(diff.rank(ascending=False, method="min")[gene]),
+            "weight_rank": int(weight.rank(ascending=False, method="min")[gene]),
+        }
+    return out
+
+
 def patchseq_seed(seed: int, args, variants: list[Variant], fine_variants: list[Variant]):
     """Train one supervised model; relevance by major class under every variant, by MET type under some."""
     import scvi
@@ -277,6 +309,7 @@ def patchseq_seed(seed: int, args, variants: list[Variant], fine_variants: list[
     )
     counts = pd.Series(predicted).value_counts()
     rna_names = mdata.mod["rna"].var_names
+    result["marker_diagnostics"] = marker_diagnostics(model, mdata)
     major_rel: dict[str, pd.DataFrame] = {}
     fine_rel: dict[str, pd.DataFrame] = {}
     result["major"], result["fine"] = {}, {}
@@ -454,6 +487,23 @@ def print_patchseq(res: dict[str, Any], threads: int) -> None:
                 }
             )
         print_table(f"Patch-seq, {name}: per-MET-type marker ranks, summary", rows, digits=1)
+
+    rows = [
+        {
+            "class": cls,
+            "marker": MARKERS[cls],
+            f"SHAP rank s{seed_ids}": _ranks_cell(seeds, "major", default, cls),
+            f"data rank s{seed_ids}": "/".join(str(s["marker_diagnostics"][cls]["data_rank"]) for s in seeds),
+            f"weight-norm rank s{seed_ids}": "/".join(str(s["marker_diagnostics"][cls]["weight_rank"]) for s in seeds),
+        }
+        for cls in classes
+        if all(cls in s["marker_diagnostics"] for s in seeds)
+    ]
+    print_table(
+        f"Patch-seq: marker ranks among {n_genes} genes by SHAP relevance (default), by the class's standardised mean "
+        "difference in the data, and by the first-layer weight norm of the RNA encoder",
+        rows,
+    )
 
     if "stability_major" in res:
         rows = [{"class": g, **d} for g, d in res["stability_major"][default].items()]
