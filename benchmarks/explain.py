@@ -260,9 +260,9 @@ def marker_diagnostics(model, mdata) -> dict[str, dict[str, int]]:
     module = model.module
     train = np.asarray(model.split_) == "train"
     x = mdata.mod["rna"].X
-    x = np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)[train]
-    std = module.standardizers["rna"]
-    x = (x - std.loc.cpu().numpy()) / std.scale.cpu().numpy()
+    x = torch.as_tensor(np.asarray(x.toarray() if hasattr(x, "toarray") else x)[train])
+    with torch.no_grad():
+        x = module.standardize("rna", x.to(model.device)).cpu().numpy().astype(np.float64)
     major = mdata.obs[MAJOR_KEY].astype(str).to_numpy()[train]
     first = next(m for m in module.encoders["rna"].modules() if isinstance(m, torch.nn.Linear))
     weight = pd.Series(first.weight.detach().norm(dim=0).cpu().numpy(), index=mdata.mod["rna"].var_names)

@@ -326,6 +326,7 @@ class UnitedNetPerturbationModel(UnitedNetModel):
         Directions: label-balanced mean latent shift from control, averaged over modalities. Calibration, per
         modality: the label-balanced mean observed change from control to each perturbation (data units), and the
         mean decoded change ``decode(z + delta_p) - decode(z)`` of the control cells, balanced over the same labels.
+        Label-neighbour response: :meth:`_fit_neighbours`.
         """
         module = self.module
         module.eval()
@@ -347,11 +348,11 @@ class UnitedNetPerturbationModel(UnitedNetModel):
         mean = torch.stack([e[0] for e in estimates]).mean(0)
         module.set_shifts(torch.where(found.unsqueeze(1), mean, module.perturbation_shift))
         shifts = module.shifts()
+        # the label-neighbour response; its strata's changes also give the calibration's observed change
+        observed = self._fit_neighbours(idx, codes_np, labels, module.fuse(latents))
         is_control = codes_np == control
         for m in self.modalities:
-            x = torch.cat([b[m] for b in self._batches(self.adata, [m], None, indices=idx)])
-            observed = module.shift_estimates(x, codes, strata, n, control)[0]
-            decoded = torch.zeros_like(observed)
+            decoded = torch.zeros_like(observed[m])
             if is_control.any():
                 zc = torch.stack([latents[s][torch.as_tensor(is_control)] for s in self.modalities])
                 base = module.to_data_space(m, torch.stack([module.decoders[m](z) for z in zc]).mean(0))
@@ -366,11 +367,12 @@ class UnitedNetPerturbationModel(UnitedNetModel):
                         if ((strata == t) & (codes == p)).any() and ((strata == t) & (codes == control)).any()
                     ]
                     decoded[p] = torch.stack([change[ctrl_labels == t].mean(0) for t in with_both]).mean(0)
-            getattr(module, f"calibration_{m}").copy_(torch.stack([observed, decoded]))
-        self._fit_neighbours(idx, codes_np, labels)
+            getattr(module, f"calibration_{m}").copy_(torch.stack([observed[m], decoded]))
 
     @torch.inference_mode()
-    def _fit_neighbours(self, idx: np.ndarray, codes: np.ndarray, strata: np.ndarray) -> None:
+    def _fit_neighbours(
+        self, idx: np.ndarray, codes: np.ndarray, strata: np.ndarray, z_fused: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """Set the label-neighbour response of ``mode="neighbours"`` from the training cells ``idx``.
 
         Per stratum (label): the mean fused latent of its control cells, and per perturbation the observed change of
@@ -379,26 +381,28 @@ class UnitedNetPerturbationModel(UnitedNetModel):
         (leave one stratum out: the situation of a cell type never seen perturbed), by the squared error of the
         mean change over the modality's total variance across the training cells, summed over the modalities and
         strata (:meth:`~unitednet.module.UnitedNetPerturbationModule.select_neighbour_temperature`).
+
+        ``z_fused`` holds the fused latents of the cells ``idx``. Returns, per modality, the label-balanced mean
+        change of each perturbation from control (perturbations x features; the mean of the strata's changes over
+        the strata that hold both, zero where none does).
         """
         module = self.module
         n, control, k = module.n_perturbations, module.control_index, module.n_strata
-        # one pass over the training cells, in minibatches: basal fused latents (cells x n_latent) and, per modality,
-        # sums per (perturbation, stratum) and sums of squares, so no modality is held densely in full
+        c = torch.as_tensor(codes, device=z_fused.device)
+        basal = module.counterfactual(z_fused, c, torch.full_like(c, control))
+        # one pass over the data in minibatches: per modality, sums per (perturbation, stratum) and sums of squares,
+        # so no modality is held densely in full
         groups = torch.as_tensor(codes * k + strata, device=self.device)
         counts = torch.bincount(groups, minlength=n * k).float().view(n, k)
         sums = {m: torch.zeros(n * k, module.response(m).shape[2], device=self.device) for m in self.modalities}
         squares = dict.fromkeys(self.modalities, 0.0)
-        basal, start = [], 0
+        start = 0
         for batch in self._batches(self.adata, self.modalities, None, indices=idx):
             rows = slice(start, start + batch[self.modalities[0]].shape[0])
             start = rows.stop
-            z = module.inference(batch)["z_fused"]
-            c = torch.as_tensor(codes[rows], device=z.device)
-            basal.append(module.counterfactual(z, c, torch.full_like(c, control)))
             for m in self.modalities:
                 sums[m].index_add_(0, groups[rows], batch[m].float())
                 squares[m] = squares[m] + (batch[m].float() ** 2).sum(0)
-        basal = torch.cat(basal)
         found = (counts > 0).float()
         is_control = codes == control
         centroids = torch.zeros_like(module.stratum_centroid)
@@ -431,6 +435,8 @@ class UnitedNetPerturbationModel(UnitedNetModel):
             )
             module.neighbour_temperature[p] = temperature
             module.neighbour_scale[p] = scale
+        n_both = (found * found[control]).sum(1).clamp_min(1).view(n, 1)
+        return {m: response[m].sum(1) / n_both for m in self.modalities}
 
     def _split(self, train_size: float, validation_size: float, split_key: str | None, supervised: bool):
         train, val, test = super()._split(train_size, validation_size, split_key, supervised)
@@ -605,26 +611,23 @@ class UnitedNetPerturbationModel(UnitedNetModel):
             inference = self.module.inference(x)
             if mode == "neighbours":
                 pred = x[modality] + self.module.neighbour_change(modality, inference["z_fused"], src, tgt)
-                if self.likelihoods[modality] == "bernoulli":
-                    pred = pred.clamp(0.0, 1.0)
-                out.append(pred.cpu().numpy())
-                continue
-            z = inference["z"]
-            n = next(iter(z.values())).shape[0]
-            s = torch.full((n,), src, dtype=torch.long, device=self.device)
-            t = torch.full((n,), tgt, dtype=torch.long, device=self.device)
-            moved = torch.stack(
-                [self.module.decoders[modality](self.module.counterfactual(zm, s, t)) for zm in z.values()]
-            ).mean(0)
-            pred = self.module.to_data_space(modality, moved)
-            if mode != "decode":
+            else:
+                z = inference["z"]
+                n = next(iter(z.values())).shape[0]
+                s = torch.full((n,), src, dtype=torch.long, device=self.device)
+                t = torch.full((n,), tgt, dtype=torch.long, device=self.device)
+                moved = torch.stack(
+                    [self.module.decoders[modality](self.module.counterfactual(zm, s, t)) for zm in z.values()]
+                ).mean(0)
+                pred = self.module.to_data_space(modality, moved)
+            if mode in ("shift", "calibrated"):
                 same = torch.stack([self.module.decoders[modality](zm) for zm in z.values()]).mean(0)
                 pred = x[modality] + pred - self.module.to_data_space(modality, same)
                 if mode == "calibrated":
                     observed, decoded = self.module.calibration(modality)
                     pred = pred + (observed[tgt] - observed[src]) - (decoded[tgt] - decoded[src])
-                if self.likelihoods[modality] == "bernoulli":
-                    pred = pred.clamp(0.0, 1.0)
+            if mode != "decode" and self.likelihoods[modality] == "bernoulli":
+                pred = pred.clamp(0.0, 1.0)
             out.append(pred.cpu().numpy())
         obs = view.obs.iloc[idx].copy()
         if self.perturbation_key in obs:

@@ -105,10 +105,10 @@ class UnitedNetPerturbationModule(UnitedNetModule):
         for m, n in n_features.items():
             self.register_buffer(f"calibration_{m}", torch.zeros(2, n_perturbations, n))
         # label-neighbour response (set by the model when training ends; read by mode="neighbours"): per stratum,
-        # the mean fused latent of its training control cells, and per perturbation and stratum the observed mean
-        # change from control (data units) and whether the stratum has training cells of both (for the control row:
-        # whether it has training control cells); per perturbation,
-        # the temperature chosen by leave-one-stratum-out and the squared-distance scale of the weights
+        # the mean fused latent of its training control cells; per perturbation and stratum, the observed mean
+        # change from control (data units) and whether the stratum has training cells of it (for the control row:
+        # training control cells); per perturbation, the temperature chosen by leave-one-stratum-out and the
+        # squared-distance scale of the weights
         if n_strata < 1:
             raise ValueError(f"n_strata must be >= 1, got {n_strata}.")
         self.n_strata = n_strata
