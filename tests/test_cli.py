@@ -5,6 +5,7 @@ import json
 import mudata as md
 import numpy as np
 import pytest
+import torch
 
 from unitednet.__main__ import main
 from unitednet.model import UnitedNetModel
@@ -100,6 +101,14 @@ def test_fit_passes_heads_and_loss_weights(tiny_h5mu, tmp_path):
     assert model.module.loss_weights["ddc"] == 3.0
     assert model.module.loss_weights["contrastive"] == 0.5
     assert model.module.loss_weights["self_entropy"] == 0.1  # untouched terms keep their defaults
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in model.module.encoders.modules())
+
+
+def test_fit_without_batch_norm(tiny_h5mu, tmp_path):
+    out = tmp_path / "out"
+    _fit(tiny_h5mu, out, "--no-batch-norm")
+    model = UnitedNetModel.load(str(out / "model"), md.read_h5mu(out / "annotated.h5mu"))
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in model.module.modules())
 
 
 @pytest.mark.parametrize(

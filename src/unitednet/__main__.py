@@ -65,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--n-latent", type=int, default=32)
     fit.add_argument("--n-heads", type=int, default=1, help="group heads trained in parallel")
     fit.add_argument(
+        "--batch-norm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="batch normalisation in hidden layers (--no-batch-norm for a model to explain with SHAP)",
+    )
+    fit.add_argument(
         "--loss-weight",
         type=_loss_weight,
         action="append",
@@ -116,7 +122,12 @@ def fit(args: argparse.Namespace) -> dict:
     )
 
     un.UnitedNetModel.setup_mudata(mdata, modalities=args.modalities, labels_key=labels_key)
-    model_kwargs = {"n_latent": args.n_latent, "n_heads": args.n_heads, "loss_weights": dict(args.loss_weight) or None}
+    model_kwargs = {
+        "n_latent": args.n_latent,
+        "n_heads": args.n_heads,
+        "use_batch_norm": args.batch_norm,
+        "loss_weights": dict(args.loss_weight) or None,
+    }
     if args.task == "unsupervised":
         model_kwargs["n_groups"] = args.n_groups or (mdata.obs[labels_key].nunique() if labels_key else None)
         if not model_kwargs["n_groups"]:
