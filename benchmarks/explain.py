@@ -3,9 +3,13 @@
 Protocol:
 
 - Patch-seq (``--part patchseq``): ``unitednet.datasets.patchseq()`` (``rna``, ``ephys``, ``morph``; labels
-  ``cell_type_TEM``, 27 MET types), 448 cells. For each seed: ``scvi.settings.seed = seed``, registered with
-  ``labels_key="cell_type_TEM"``, default ``UnitedNetModel``, ``train("supervised", max_epochs, batch_size=64)``
-  (the model's own stratified 90 / 10 train / validation split; best validation weights kept). Then
+  ``cell_type_TEM``, 27 MET types), 448 cells. For each model setting of ``MODEL_SETTINGS`` (``--models``) and each
+  seed: ``scvi.settings.seed = seed``, registered with ``labels_key="cell_type_TEM"``, ``UnitedNetModel`` with the
+  setting's arguments, ``train("supervised", max_epochs, batch_size=64)`` (the model's own stratified 90 / 10 train /
+  validation split; best validation weights kept). The settings: ``no_batch_norm`` (``use_batch_norm=False``, the
+  setting the explainability tutorial uses and the acceptance figures come from) and ``default`` (the package
+  defaults, batch normalisation in every hidden layer), run side by side because the marker ranks differ between them.
+  Then
 
   * ``obs["major"]``: the major class, the part of ``cell_type_TEM`` before ``"-MET"`` (Sst, Pvalb, Vip, Lamp5,
     Sncg). ``un.tl.feature_relevance(model, groupby="major", modalities=["rna"], n_cells_per_group=100, output=...,
@@ -36,7 +40,8 @@ Memory: ``peak_rss_mb`` is the process peak so far (``ru_maxrss``, never decreas
 highest resident set size sampled every 20 ms during a step and ``delta`` its rise over the resident size before the
 step (torch tensors included, unlike ``tracemalloc``).
 
-Run from the repository root: ``python benchmarks/explain.py --part all`` (``--no-compare``: the default options only).
+Run from the repository root: ``python benchmarks/explain.py --part all`` (``--no-compare``: the default options only;
+``--models no_batch_norm``: one model setting).
 """
 
 from __future__ import annotations
@@ -82,6 +87,12 @@ FINE_KEY = "unitednet_relevance_fine"
 MARKERS = {"Sst": "Sst", "Pvalb": "Pvalb", "Vip": "Vip", "Lamp5": "Lamp5", "Sncg": "Sncg"}
 ACCEPTANCE_CLASSES = ("Sst", "Pvalb", "Vip", "Lamp5")  # Sncg is reported as an extra
 N_CELLS_PER_GROUP = 100
+# UnitedNetModel arguments of each Patch-seq model setting; the first is the one the acceptance figures come from
+MODEL_SETTINGS: dict[str, dict[str, Any]] = {
+    "no_batch_norm": {"use_batch_norm": False},
+    "default": {},
+}
+ACCEPTANCE_MODEL = "no_batch_norm"
 TOP_N = 10
 STABILITY_TOP_K = 20
 # feature_relevance options (output, background, method) compared by major class; the default always runs
@@ -121,6 +132,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--part", choices=PARTS, default="all", help="which data set(s) to run")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS), help="Patch-seq model seeds")
     parser.add_argument("--max-epochs", type=int, default=DEFAULT_MAX_EPOCHS, help="UnitedNet epochs (both parts)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=list(MODEL_SETTINGS),
+        default=list(MODEL_SETTINGS),
+        help="Patch-seq model settings (MODEL_SETTINGS)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument(
         "--compare",
@@ -133,6 +151,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.max_epochs < 1:
         parser.error("--max-epochs must be >= 1")
     args.seeds = list(dict.fromkeys(args.seeds))
+    args.models = list(dict.fromkeys(args.models))
     return args
 
 
@@ -280,7 +299,7 @@ def marker_diagnostics(model, mdata) -> dict[str, dict[str, int]]:
     return out
 
 
-def patchseq_seed(seed: int, args, variants: list[Variant], fine_variants: list[Variant]):
+def patchseq_seed(seed: int, args, variants: list[Variant], fine_variants: list[Variant], model_kwargs: dict):
     """Train one supervised model; relevance by major class under every variant, by MET type under some."""
     import scvi
 
@@ -290,7 +309,7 @@ def patchseq_seed(seed: int, args, variants: list[Variant], fine_variants: list[
     mdata.obs[MAJOR_KEY] = pd.Categorical([major_of(x) for x in mdata.obs[PATCHSEQ_LABELS].astype(str)])
     scvi.settings.seed = seed
     un.UnitedNetModel.setup_mudata(mdata, labels_key=PATCHSEQ_LABELS)
-    model = un.UnitedNetModel(mdata)
+    model = un.UnitedNetModel(mdata, **model_kwargs)
     with timer() as t_train:
         model.train("supervised", max_epochs=args.max_epochs, batch_size=PATCHSEQ_BATCH_SIZE, enable_progress_bar=False)
     result: dict[str, Any] = {
@@ -365,7 +384,15 @@ def patchseq_seed(seed: int, args, variants: list[Variant], fine_variants: list[
 
 
 def run_patchseq(args) -> dict[str, Any]:
-    """All seeds under every variant, then the stability of the relevance across seeds."""
+    """Every model setting: all seeds under every variant, then the stability of the relevance across seeds."""
+    return {
+        "acceptance_model": ACCEPTANCE_MODEL,
+        "models": {name: run_patchseq_model(args, name) for name in args.models},
+    }
+
+
+def run_patchseq_model(args, setting: str) -> dict[str, Any]:
+    """One model setting: all seeds under every variant, then the stability of the relevance across seeds."""
     import unitednet as un
 
     default = default_variant()
@@ -374,20 +401,25 @@ def run_patchseq(args) -> dict[str, Any]:
     seeds, major_rel, fine_rel = [], [], []
     for seed in args.seeds:
         with timer() as t_seed:
-            res, major, fine = patchseq_seed(seed, args, variants, fine_variants)
+            res, major, fine = patchseq_seed(seed, args, variants, fine_variants, MODEL_SETTINGS[setting])
         res["seed_s"] = t_seed.seconds
         seeds.append(res)
         major_rel.append(major)
         fine_rel.append(fine)
         for name, info in res["major"].items():
             ranks = ", ".join(f"{c} {v['marker_rank']}" for c, v in info["classes"].items())
-            print(f"patchseq seed {seed} {name}: {info['relevance_s']:.1f} s; marker ranks: {ranks}", flush=True)
+            print(
+                f"patchseq [{setting}] seed {seed} {name}: {info['relevance_s']:.1f} s; marker ranks: {ranks}",
+                flush=True,
+            )
         print(
-            f"patchseq seed {seed}: train {res['train_s']:.1f} s (best epoch {res['best_epoch']}, validation acc "
-            f"{res['accuracy_validation']:.3f}); seed total {res['seed_s']:.1f} s; peak RSS {res['peak_rss_mb']:.0f} MB",
+            f"patchseq [{setting}] seed {seed}: train {res['train_s']:.1f} s (best epoch {res['best_epoch']}, "
+            f"validation acc {res['accuracy_validation']:.3f}); seed total {res['seed_s']:.1f} s; peak RSS "
+            f"{res['peak_rss_mb']:.0f} MB",
             flush=True,
         )
     out: dict[str, Any] = {
+        "model_kwargs": MODEL_SETTINGS[setting],
         "default": variant_name(default),
         "previous_default": variant_name(PREVIOUS_DEFAULT),
         "variants": [variant_name(v) for v in variants],
@@ -418,7 +450,40 @@ def _ranks_cell(seeds: list[dict[str, Any]], level: str, variant: str, group: st
 
 
 def print_patchseq(res: dict[str, Any], threads: int) -> None:
-    """Tables of the Patch-seq part."""
+    """Tables of the Patch-seq part: each model setting, then the settings side by side."""
+    for setting, model_res in res["models"].items():
+        print_patchseq_model(model_res, threads, setting)
+    print_model_comparison(res, threads)
+
+
+def print_model_comparison(res: dict[str, Any], threads: int) -> None:
+    """Marker ranks by major class (default relevance options), validation accuracy and training time per setting."""
+    rows = []
+    for setting, model_res in res["models"].items():
+        seeds = model_res["seeds"]
+        default = model_res["default"]
+        row: dict[str, Any] = {"model": setting + (" (acceptance)" if setting == res["acceptance_model"] else "")}
+        row["arguments"] = ", ".join(f"{k}={v}" for k, v in model_res["model_kwargs"].items()) or "package defaults"
+        in_top = 0
+        for cls in MARKERS:
+            row[cls] = _ranks_cell(seeds, "major", default, cls)
+            if cls in ACCEPTANCE_CLASSES:
+                in_top += sum(bool(s["major"][default]["classes"].get(cls, {}).get("marker_in_top10")) for s in seeds)
+        row["in top 10"] = f"{in_top}/{len(ACCEPTANCE_CLASSES) * len(seeds)}"
+        row["val acc"] = "/".join(f"{s['accuracy_validation']:.3f}" for s in seeds)
+        row["train s (mean)"] = float(np.mean([s["train_s"] for s in seeds]))
+        rows.append(row)
+    seed_ids = "/".join(str(s["seed"]) for s in next(iter(res["models"].values()))["seeds"])
+    print_table(
+        f"Patch-seq model settings compared: marker rank per major class (seeds {seed_ids}; default relevance "
+        f"options), validation accuracy over the 27 MET types, training time (torch threads {threads})",
+        rows,
+        digits=1,
+    )
+
+
+def print_patchseq_model(res: dict[str, Any], threads: int, setting: str) -> None:
+    """Tables of one Patch-seq model setting."""
     seeds = res["seeds"]
     default = res["default"]
     n_genes = seeds[0]["major"][default]["shape"][0]
@@ -444,7 +509,7 @@ def print_patchseq(res: dict[str, Any], threads: int) -> None:
         row["seconds (mean)"] = float(np.mean([s["major"][name]["relevance_s"] for s in seeds]))
         rows.append(row)
     print_table(
-        f"Patch-seq: rank of each class's marker among {n_genes} RNA genes, relevance by major class, seeds "
+        f"Patch-seq [{setting}]: rank of each class's marker among {n_genes} RNA genes, relevance by major class, seeds "
         f"{seed_ids} (acceptance: Sst, Pvalb, Vip, Lamp5 in the top 10; Sncg extra; torch threads {threads})",
         rows,
         digits=2,
@@ -454,7 +519,9 @@ def print_patchseq(res: dict[str, Any], threads: int) -> None:
             {"class": c, "marker rank": v["marker_rank"], "top-10 genes (most relevant first)": ", ".join(v["top10"])}
             for c, v in s["major"][default]["classes"].items()
         ]
-        print_table(f"Patch-seq seed {s['seed']}, default ({default}): top-10 RNA genes per major class", rows)
+        print_table(
+            f"Patch-seq [{setting}] seed {s['seed']}, default ({default}): top-10 RNA genes per major class", rows
+        )
 
     for name in res["fine_variants"]:
         groups = sorted({g for s in seeds for g in s["fine"][name]["groups"]}, key=lambda g: (major_of(g), len(g), g))
@@ -470,7 +537,7 @@ def print_patchseq(res: dict[str, Any], threads: int) -> None:
             for g in groups
         ]
         print_table(
-            f"Patch-seq, {name}: rank of the major-class marker per predicted MET type (each type explained against "
+            f"Patch-seq [{setting}], {name}: rank of the major-class marker per predicted MET type (each type explained against "
             "the other types; - : type not predicted for that seed)",
             rows,
         )
@@ -486,7 +553,7 @@ def print_patchseq(res: dict[str, Any], threads: int) -> None:
                     "worst rank": max(ranks) if ranks else None,
                 }
             )
-        print_table(f"Patch-seq, {name}: per-MET-type marker ranks, summary", rows, digits=1)
+        print_table(f"Patch-seq [{setting}], {name}: per-MET-type marker ranks, summary", rows, digits=1)
 
     rows = [
         {
@@ -500,7 +567,7 @@ def print_patchseq(res: dict[str, Any], threads: int) -> None:
         if all(cls in s["marker_diagnostics"] for s in seeds)
     ]
     print_table(
-        f"Patch-seq: marker ranks among {n_genes} genes by SHAP relevance (default), by the class's standardised mean "
+        f"Patch-seq [{setting}]: marker ranks among {n_genes} genes by SHAP relevance (default), by the class's standardised mean "
         "difference in the data, and by the first-layer weight norm of the RNA encoder",
         rows,
     )
@@ -508,7 +575,7 @@ def print_patchseq(res: dict[str, Any], threads: int) -> None:
     if "stability_major" in res:
         rows = [{"class": g, **d} for g, d in res["stability_major"][default].items()]
         print_table(
-            f"Patch-seq, default ({default}): top-{STABILITY_TOP_K} RNA gene Jaccard across seeds {seed_ids}, per "
+            f"Patch-seq [{setting}], default ({default}): top-{STABILITY_TOP_K} RNA gene Jaccard across seeds {seed_ids}, per "
             "major class",
             rows,
         )
@@ -531,7 +598,7 @@ def print_patchseq(res: dict[str, Any], threads: int) -> None:
         row["default MET relevance s"] = s["fine"][default]["relevance_s"]
         row["process peak MB"] = s["peak_rss_mb"]
         rows.append(row)
-    print_table(f"Patch-seq runtimes and memory (torch threads {threads})", rows, digits=2)
+    print_table(f"Patch-seq [{setting}] runtimes and memory (torch threads {threads})", rows, digits=2)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -702,6 +769,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "major_key": "cell_type_TEM before '-MET'",
                 "markers": MARKERS,
                 "acceptance_classes": list(ACCEPTANCE_CLASSES),
+                "models": {name: MODEL_SETTINGS[name] for name in args.models},
+                "acceptance_model": ACCEPTANCE_MODEL,
                 "n_cells_per_group": N_CELLS_PER_GROUP,
                 "top_n": TOP_N,
                 "stability_top_k": STABILITY_TOP_K,
@@ -734,7 +803,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     print(
         f"explain benchmark: part {args.part}; seeds {args.seeds}; max_epochs {args.max_epochs}; data {data_dir}; "
-        f"compare feature_relevance options: {args.compare}"
+        f"compare feature_relevance options: {args.compare}; Patch-seq models: {args.models}"
     )
     if args.part in ("patchseq", "all"):
         result["patchseq"] = run_patchseq(args)

@@ -63,7 +63,10 @@ class UnitedNetModel(BaseModelClass):
         Dropout in hidden layers. The default 0.3 suits the small paired data sets this model usually meets: against
         0.1 it lowered the validation loss on BMMC CITE and improved the clustering of Patch-seq training cells.
     use_batch_norm
-        Batch normalisation in hidden layers.
+        Batch normalisation in hidden layers. For a model whose SHAP relevance (:func:`unitednet.tl.feature_relevance`)
+        is the point, consider ``False``: on Patch-seq, a model trained with it ranks each major class's marker gene
+        in the top 10 of 1,252 genes, while with batch normalisation ``Sst`` ranks 17th to 43rd (at similar accuracy;
+        ``benchmarks/explain.py``).
     fusion
         ``"modality"``: one fusion weight per modality; ``"feature"``: one per modality and latent dimension.
     n_heads

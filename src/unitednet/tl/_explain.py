@@ -437,6 +437,12 @@ def feature_relevance(
     The relevance of feature :math:`j` for :math:`G` is :math:`\frac{1}{|S_G|}\sum_{i \in S_G} |\phi_j(x_i)|` over the
     sampled cells :math:`S_G`.
 
+    **The model explained.** The relevance describes what the trained network reads, which need not be every feature
+    that separates the groups in the data. On Patch-seq, a model trained with batch normalisation in its hidden layers
+    (``use_batch_norm=True``, the default) ranks the ``Sst`` gene far from the top for the Sst class, although it is
+    one of the class's two most different genes; the same training with ``use_batch_norm=False`` ranks every class's
+    marker in the top 10 (``benchmarks/explain.py``, ``tutorials/explain_patchseq.ipynb``).
+
     Parameters
     ----------
     model
