@@ -449,6 +449,16 @@ def _ranks_cell(seeds: list[dict[str, Any]], level: str, variant: str, group: st
     return "/".join(ranks)
 
 
+def _acceptance_in_top(seeds: list[dict[str, Any]], variant: str) -> str:
+    """``"hits/total"``: (class, seed) pairs of the acceptance classes whose marker is in the top 10 (major class)."""
+    hits = sum(
+        bool(s["major"][variant]["classes"].get(cls, {}).get("marker_in_top10"))
+        for cls in ACCEPTANCE_CLASSES
+        for s in seeds
+    )
+    return f"{hits}/{len(ACCEPTANCE_CLASSES) * len(seeds)}"
+
+
 def print_patchseq(res: dict[str, Any], threads: int) -> None:
     """Tables of the Patch-seq part: each model setting, then the settings side by side."""
     for setting, model_res in res["models"].items():
@@ -464,12 +474,8 @@ def print_model_comparison(res: dict[str, Any], threads: int) -> None:
         default = model_res["default"]
         row: dict[str, Any] = {"model": setting + (" (acceptance)" if setting == res["acceptance_model"] else "")}
         row["arguments"] = ", ".join(f"{k}={v}" for k, v in model_res["model_kwargs"].items()) or "package defaults"
-        in_top = 0
-        for cls in MARKERS:
-            row[cls] = _ranks_cell(seeds, "major", default, cls)
-            if cls in ACCEPTANCE_CLASSES:
-                in_top += sum(bool(s["major"][default]["classes"].get(cls, {}).get("marker_in_top10")) for s in seeds)
-        row["in top 10"] = f"{in_top}/{len(ACCEPTANCE_CLASSES) * len(seeds)}"
+        row.update({cls: _ranks_cell(seeds, "major", default, cls) for cls in MARKERS})
+        row["in top 10"] = _acceptance_in_top(seeds, default)
         row["val acc"] = "/".join(f"{s['accuracy_validation']:.3f}" for s in seeds)
         row["train s (mean)"] = float(np.mean([s["train_s"] for s in seeds]))
         rows.append(row)
@@ -497,12 +503,8 @@ def print_patchseq_model(res: dict[str, Any], threads: int, setting: str) -> Non
     rows = []
     for name in res["variants"]:
         row: dict[str, Any] = {"variant": name + (" (default)" if name == default else "")}
-        in_top = 0
-        for cls in classes:
-            row[f"{cls} ({MARKERS.get(cls, '-')})"] = _ranks_cell(seeds, "major", name, cls)
-            if cls in ACCEPTANCE_CLASSES:
-                in_top += sum(bool(s["major"][name]["classes"].get(cls, {}).get("marker_in_top10")) for s in seeds)
-        row["acceptance markers in top 10"] = f"{in_top}/{len(ACCEPTANCE_CLASSES) * len(seeds)}"
+        row.update({f"{cls} ({MARKERS.get(cls, '-')})": _ranks_cell(seeds, "major", name, cls) for cls in classes})
+        row["acceptance markers in top 10"] = _acceptance_in_top(seeds, name)
         if "stability_major" in res:
             stab = res["stability_major"][name]
             row[f"mean top-{STABILITY_TOP_K} Jaccard"] = float(np.mean([d["mean_jaccard"] for d in stab.values()]))

@@ -406,8 +406,14 @@ class UnitedNetPerturbationModel(UnitedNetModel):
         found = (counts > 0).float()
         is_control = codes == control
         centroids = torch.zeros_like(module.stratum_centroid)
-        for s in np.flatnonzero(found[control].cpu().numpy()):
-            centroids[s] = basal[torch.as_tensor(is_control & (strata == s), device=basal.device)].mean(0)
+        # basal latents of each stratum's control cells: their mean is the centroid, and the temperature selection
+        # of every perturbation reads them
+        control_basal = {
+            int(s): basal[torch.as_tensor(is_control & (strata == s), device=basal.device)]
+            for s in np.flatnonzero(found[control].cpu().numpy())
+        }
+        for s, cells in control_basal.items():
+            centroids[s] = cells.mean(0)
         means = {m: (sums[m] / counts.view(-1, 1).clamp_min(1)).view(n, k, -1) for m in self.modalities}
         response = {m: (means[m] - means[m][control]) * (found * found[control]).unsqueeze(2) for m in self.modalities}
         module.stratum_centroid.copy_(centroids)
@@ -423,11 +429,8 @@ class UnitedNetPerturbationModel(UnitedNetModel):
             with_both = torch.nonzero(found[p].bool() & found[control].bool()).flatten()
             if p == control or len(with_both) < 2:
                 continue
-            cells = [
-                basal[torch.as_tensor(is_control & (strata == s), device=basal.device)] for s in with_both.tolist()
-            ]
             temperature, scale = UnitedNetPerturbationModule.select_neighbour_temperature(
-                cells,
+                [control_basal[s] for s in with_both.tolist()],
                 centroids[with_both],
                 {m: response[m][p, with_both] for m in self.modalities},
                 total_variance,
