@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import sys
 import time
+import traceback
 from pathlib import Path
 
 # Built-in datasets: loader name -> (labels key, obs column with a published train/test split or None)
@@ -32,9 +34,51 @@ def _loss_weight(text: str) -> tuple[str, float]:
         weight = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"the weight of {name!r} must be a number, got {value!r}") from None
-    if not weight >= 0:
-        raise argparse.ArgumentTypeError(f"the weight of {name!r} must be >= 0, got {value!r}")
+    if not (math.isfinite(weight) and weight >= 0):
+        raise argparse.ArgumentTypeError(f"the weight of {name!r} must be a finite number >= 0, got {value!r}")
     return name, weight
+
+
+def _int_at_least(minimum: int):
+    """An argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _fraction(low: float, high: float, include_low: bool):
+    """An argparse type: a number in ``[low, high)`` (or ``(low, high]`` when ``include_low`` is false)."""
+    interval = f"[{low}, {high})" if include_low else f"({low}, {high}]"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        inside = low <= value < high if include_low else low < value <= high
+        if not inside:
+            raise argparse.ArgumentTypeError(f"must be in {interval}, got {text}")
+        return value
+
+    return parse
+
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,14 +100,14 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--labels-key", help="obs column with cell labels (built-in datasets have a default)")
     fit.add_argument("--split-key", help="obs column with train / validation / test per cell")
     fit.add_argument("--task", choices=["supervised", "unsupervised", "translation"], default="supervised")
-    fit.add_argument("--n-groups", type=int, help="number of groups for the unsupervised task")
-    fit.add_argument("--max-epochs", type=int, default=100)
-    fit.add_argument("--batch-size", type=int, default=64)
-    fit.add_argument("--lr", type=float, default=1e-3)
-    fit.add_argument("--train-size", type=float, default=0.8)
-    fit.add_argument("--validation-size", type=float, default=0.1)
-    fit.add_argument("--n-latent", type=int, default=32)
-    fit.add_argument("--n-heads", type=int, default=1, help="group heads trained in parallel")
+    fit.add_argument("--n-groups", type=_int_at_least(2), help="number of groups for the unsupervised task")
+    fit.add_argument("--max-epochs", type=_int_at_least(1), default=100)
+    fit.add_argument("--batch-size", type=_int_at_least(2), default=64)
+    fit.add_argument("--lr", type=_positive_number, default=1e-3)
+    fit.add_argument("--train-size", type=_fraction(0, 1, include_low=False), default=0.8)
+    fit.add_argument("--validation-size", type=_fraction(0, 1, include_low=True), default=0.1)
+    fit.add_argument("--n-latent", type=_int_at_least(1), default=32)
+    fit.add_argument("--n-heads", type=_int_at_least(1), default=1, help="group heads trained in parallel")
     fit.add_argument(
         "--batch-norm",
         action=argparse.BooleanOptionalAction,
@@ -79,7 +123,9 @@ def _parser() -> argparse.ArgumentParser:
         help="weight of one loss term, repeatable (e.g. --loss-weight ddc=3); others keep their defaults",
     )
     fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for small data)")
+    fit.add_argument(
+        "--threads", type=_int_at_least(1), default=1, help="torch CPU threads (1 is fastest for small data)"
+    )
     fit.add_argument("--out", type=Path, help="output folder (default results/<dataset name>)")
     return parser
 
@@ -96,7 +142,30 @@ def _load(data: str):
         raise SystemExit(
             f"unitednet: {data!r} is neither an .h5mu file nor a built-in dataset ({', '.join(_BUILTIN)})."
         )
+    _check_h5mu(path)
     return md.read_h5mu(path), path.stem, None, None
+
+
+def _check_h5mu(path: Path) -> None:
+    """Exit with a clear message unless ``path`` is an HDF5 file written by MuData (modalities under ``/mod``)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            is_mudata, is_anndata = "mod" in f, "X" in f or "obs" in f
+    except OSError:
+        raise SystemExit(
+            f"unitednet: {str(path)!r} is not an HDF5 file; give a MuData written with `mdata.write_h5mu(path)`."
+        ) from None
+    if is_mudata:
+        return
+    if is_anndata:
+        raise SystemExit(
+            f"unitednet: {str(path)!r} holds a single AnnData (.h5ad), not a MuData. Wrap it as one modality per "
+            "data type: `mudata.MuData({'rna': anndata.read_h5ad(path)}).write_h5mu('data.h5mu')` (paired modalities "
+            "are what UnitedNet learns from)."
+        )
+    raise SystemExit(f"unitednet: {str(path)!r} is an HDF5 file but not a MuData (it has no '/mod' group).")
 
 
 def fit(args: argparse.Namespace) -> dict:
@@ -113,15 +182,15 @@ def fit(args: argparse.Namespace) -> dict:
     scvi.settings.seed = args.seed
     mdata, name, default_labels, default_split = _load(args.data)
     labels_key = args.labels_key or (default_labels if args.task != "translation" else None)
+    if args.task == "supervised" and labels_key is None:
+        raise SystemExit("unitednet: the supervised task needs --labels-key (an obs column with cell labels).")
     split_key = args.split_key or default_split
     out = args.out or Path("results") / name
-    out.mkdir(parents=True, exist_ok=True)
+    un.UnitedNetModel.setup_mudata(mdata, modalities=args.modalities, labels_key=labels_key)
     print(
         f"unitednet {un.__version__}: {name} — {mdata.n_obs} cells, modalities "
         + ", ".join(f"{m} ({mdata.mod[m].n_vars})" for m in (args.modalities or mdata.mod))
     )
-
-    un.UnitedNetModel.setup_mudata(mdata, modalities=args.modalities, labels_key=labels_key)
     model_kwargs = {
         "n_latent": args.n_latent,
         "n_heads": args.n_heads,
@@ -155,6 +224,7 @@ def fit(args: argparse.Namespace) -> dict:
             if s != t:
                 un.tl.predict_modality(model, source=s, target=t)
     un.tl.umap(mdata)
+    out.mkdir(parents=True, exist_ok=True)  # only once there is something to write
     colors = [c for c in (labels_key, "unitednet_group", "unitednet_split") if c and c in mdata.obs]
     fig = un.pl.embedding(mdata, color=colors, show=False, return_fig=True, frameon=False, legend_fontsize=6)
     fig.savefig(out / "umap.png", dpi=120, bbox_inches="tight")
@@ -191,9 +261,24 @@ def fit(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``unitednet`` console script."""
     args = _parser().parse_args(argv)
-    if args.command == "fit":
-        fit(args)
+    try:
+        if args.command == "fit":
+            fit(args)
+    except (ValueError, KeyError, TypeError) as error:
+        # the package's own input checks name the problem and the fix: print them without a traceback; an error
+        # raised anywhere else is a bug and keeps its traceback
+        if not _raised_by_unitednet(error):
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"unitednet {args.command}: {message}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _raised_by_unitednet(error: BaseException) -> bool:
+    package = str(Path(__file__).resolve().parent)
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and str(Path(frames[-1].filename).resolve()).startswith(package)
 
 
 if __name__ == "__main__":

@@ -149,63 +149,6 @@ def test_query_uses_training_statistics(supervised, mdata):
     )
 
 
-def test_query_feature_order_does_not_matter(supervised, mdata):
-    query = _query(mdata, ("rna", "atac"))
-    rng = np.random.default_rng(0)
-    shuffled = md.MuData(
-        {
-            "rna": query.mod["rna"][:, rng.permutation(24)].copy(),
-            "atac": query.mod["atac"][:, rng.permutation(32)].copy(),
-        }
-    )
-    assert not shuffled.mod["rna"].var_names.equals(query.mod["rna"].var_names)
-    np.testing.assert_allclose(
-        supervised.get_latent_representation(shuffled), supervised.get_latent_representation(query), rtol=1e-6
-    )
-    np.testing.assert_allclose(
-        supervised.predict_modality(shuffled, source="atac", target="rna"),
-        supervised.predict_modality(query, source="atac", target="rna"),
-        rtol=1e-6,
-    )
-    # extra features in the query are ignored
-    extra = query.mod["rna"].copy()
-    extra = ad.concat([extra, ad.AnnData(np.ones((extra.n_obs, 2), np.float32), obs=extra.obs)], axis=1)
-    extra.var_names = [*query.mod["rna"].var_names, "extra1", "extra2"]
-    np.testing.assert_allclose(
-        supervised.get_latent_representation(md.MuData({"rna": extra})),
-        supervised.get_latent_representation(md.MuData({"rna": query.mod["rna"]})),
-        rtol=1e-6,
-    )
-
-
-def test_query_missing_features(supervised, mdata):
-    query = md.MuData({"rna": _query(mdata).mod["rna"][:, 3:].copy()})
-    with pytest.raises(ValueError, match=r"Modality 'rna' lacks 3 of the model's features .*gene0"):
-        supervised.get_latent_representation(query)
-
-
-def test_query_errors(supervised, mdata):
-    with pytest.raises(ValueError, match="none of the model's modalities"):
-        supervised.get_latent_representation(md.MuData({"adt": ad.AnnData(np.zeros((4, 3), np.float32))}))
-    query = _query(mdata)
-    query.mod["rna"].X[0, 0] = np.nan
-    with pytest.raises(ValueError, match="Query modality 'rna' contains 1 NaN or infinite"):
-        supervised.predict_labels(query)
-    with pytest.raises(KeyError, match=r"Modalities \['protein'\] are not registered"):
-        supervised.predict_modality(query, source="protein", target="rna")
-
-
-def test_query_needs_the_registered_layer(mdata, fit):
-    model = fit(mdata, "translation", setup={"layers": {"rna": "raw"}})
-    query = _query(mdata, ("rna",))
-    with pytest.raises(KeyError, match="Modality 'rna' of the query has no layer 'raw'"):
-        model.get_latent_representation(query)
-    query.mod["rna"].layers["raw"] = query.mod["rna"].X.copy()
-    np.testing.assert_allclose(
-        model.get_latent_representation(query), model.get_latent_representation(modality="rna"), rtol=1e-6
-    )
-
-
 def test_standardize_can_be_turned_off(make_mudata, fit):
     mdata = make_mudata(n_adt=5)
     model = fit(mdata, "translation", setup={}, model={"standardize": {"adt": False}}, train={"max_epochs": 1})

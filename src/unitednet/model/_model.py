@@ -3,6 +3,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -15,6 +16,7 @@ from scvi import settings
 from scvi.data import AnnDataManager, fields
 from scvi.data._constants import _SETUP_ARGS_KEY
 from scvi.model.base import BaseModelClass
+from scvi.model.base._save_load import _load_saved_files
 from scvi.train import TrainRunner
 
 from unitednet._constants import (
@@ -36,7 +38,15 @@ from unitednet.train import (
     stratified_split,
 )
 
-from ._validation import check_finite, check_modalities, check_mudata, is_binary
+from ._validation import (
+    check_finite,
+    check_loss_weights,
+    check_modalities,
+    check_mudata,
+    check_positive_int,
+    check_query_modalities,
+    is_binary,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -130,11 +140,13 @@ class UnitedNetModel(BaseModelClass):
             raise ValueError(f"n_layers must be >= 0, got {n_layers}.")
         if not 0 <= dropout_rate < 1:
             raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}.")
-        unknown = sorted(set(loss_weights or {}) - set(LOSS_NAMES))
-        if unknown:
-            raise KeyError(f"Unknown loss weights {unknown}; valid names are {list(LOSS_NAMES)}.")
-        if any(w < 0 for w in (loss_weights or {}).values()):
-            raise ValueError("Loss weights must be non-negative.")
+        check_loss_weights(loss_weights, LOSS_NAMES)
+        if n_groups is None and self.labels_key is not None and self.n_labels == 1:
+            raise ValueError(
+                f"mdata.obs[{self.labels_key!r}] has a single category ({self.label_categories[0]!r}): there is "
+                "nothing to classify. Register labels with at least two categories, or set up without labels_key "
+                "(or pass n_groups=0) for translation and embedding only."
+            )
         if n_groups is None:
             n_groups = self.n_labels if self.labels_key is not None else 0
         if n_groups == 1:
@@ -278,6 +290,87 @@ class UnitedNetModel(BaseModelClass):
         adata_manager.register_fields(mdata, **kwargs)
         cls.register_manager(adata_manager)
 
+    @classmethod
+    def load(cls, dir_path: str, adata: MuData | None = None, **kwargs):
+        """Load a model saved with :meth:`save`, checking that ``adata`` has the features it was trained on.
+
+        Parameters
+        ----------
+        dir_path
+            Folder the model was saved to.
+        adata
+            MuData to attach the model to (the registered one when saving); ``None`` loads the MuData saved with
+            the model (``save(..., save_anndata=True)``). Each registered modality must hold the training features
+            in the training order: the weights are matched to features by position. To apply a model to other
+            data, load it onto its training data and pass the other MuData to its methods, which match features
+            by name.
+        **kwargs
+            Passed to :meth:`scvi.model.base.BaseModelClass.load` (``accelerator``, ``device``, ``prefix``, ...).
+
+        Returns
+        -------
+        The loaded model.
+        """
+        saved = cls.saved_var_names(dir_path, prefix=kwargs.get("prefix"))
+        if adata is not None:
+            check_mudata(adata)
+            cls._check_saved_features(adata, saved)
+        return super().load(dir_path, adata=adata, **kwargs)
+
+    @classmethod
+    def saved_var_names(cls, dir_path: str, prefix: str | None = None) -> dict[str, pd.Index]:
+        """Training features of each modality of a saved model, in the order its weights expect.
+
+        Parameters
+        ----------
+        dir_path
+            Folder the model was saved to.
+        prefix
+            File name prefix given to :meth:`save`.
+
+        Returns
+        -------
+        Feature names per registered modality.
+        """
+        path = Path(dir_path) / f"{prefix or ''}model.pt"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"No saved model at {str(dir_path)!r}: {path.name} is missing. Give the folder passed to "
+                "`model.save(dir_path)`."
+            )
+        attr_dict, var_names, _, _ = _load_saved_files(str(dir_path), False, prefix=prefix, map_location="cpu")
+        return {m: pd.Index(var_names[m]) for m in attr_dict["registry_"][_SETUP_ARGS_KEY]["modalities"]}
+
+    @staticmethod
+    def _check_saved_features(adata: MuData, saved: Mapping[str, pd.Index]) -> None:
+        modalities = list(saved)
+        missing = [m for m in modalities if m not in adata.mod]
+        if missing:
+            raise KeyError(
+                f"The MuData has no modalities {missing}; the saved model was trained on {list(modalities)} (the "
+                f"MuData has {list(adata.mod)}). Load it onto a MuData holding every modality it was trained on."
+            )
+        for m in modalities:
+            names, have = saved[m], adata.mod[m].var_names
+            if have.equals(names):
+                continue
+            if len(have) == len(names) and have.sort_values().equals(names.sort_values()):
+                problem = "the training features in another order"
+            else:
+                n_missing = len(names.difference(have))
+                problem = (
+                    f"{len(have)} features where the model has {len(names)}; {n_missing} of the model's features "
+                    f"are missing (e.g. {list(names.difference(have)[:3])})"
+                )
+            raise ValueError(
+                f"Modality {m!r} of the MuData has {problem}. The weights are matched to features by position, so "
+                "load the model onto a MuData with the training features in the training order (e.g. with `names = "
+                f"UnitedNetModel.saved_var_names(dir_path)['{m}']`, `mdata.mod['{m}'] = mdata.mod['{m}'][:, names]"
+                ".copy()`). To apply the model to other data, load it "
+                "onto its training data and pass the other MuData to its methods (`get_latent_representation`, "
+                "`predict_labels`, `predict_modality`), which match features by name."
+            )
+
     # ------------------------------------------------------------------ registry views
     @property
     def _setup_args(self) -> dict:
@@ -354,6 +447,7 @@ class UnitedNetModel(BaseModelClass):
         if mdata is None:
             return self.adata
         check_mudata(mdata)
+        check_query_modalities(mdata, self.modalities)
         unknown = [m for m in modalities if m not in self.modalities]
         if unknown:
             raise KeyError(f"Modalities {unknown} are not registered in the model; registered: {self.modalities}.")
@@ -377,6 +471,7 @@ class UnitedNetModel(BaseModelClass):
     def _available(self, mdata: MuData | None) -> list[str]:
         if mdata is not None:
             check_mudata(mdata)
+            check_query_modalities(mdata, self.modalities)
         present = self.modalities if mdata is None else [m for m in self.modalities if self._measured(mdata, m)]
         if not present:
             raise ValueError(
@@ -393,7 +488,7 @@ class UnitedNetModel(BaseModelClass):
             for m, X in matrices.items():
                 check_finite(X, f"Query modality {m!r}")
         idx = np.arange(mdata.n_obs) if indices is None else np.asarray(indices)
-        batch_size = batch_size or settings.batch_size
+        batch_size = settings.batch_size if batch_size is None else check_positive_int(batch_size, "batch_size")
         device = self.device
         for start in range(0, len(idx), batch_size):
             rows = idx[start : start + batch_size]
@@ -403,6 +498,12 @@ class UnitedNetModel(BaseModelClass):
                 block = block.toarray() if sparse.issparse(block) else np.asarray(block)
                 out[m] = torch.as_tensor(block, dtype=torch.float32, device=device)
             yield out
+
+    @staticmethod
+    def _check_training_sizes(max_epochs, batch_size) -> None:
+        check_positive_int(max_epochs, "max_epochs")
+        why = " for training (batch normalisation and the contrastive loss compare the cells of a batch)"
+        check_positive_int(batch_size, "batch_size", minimum=2, why=why)
 
     def _check_trained(self) -> None:
         if not self.is_trained_:
@@ -503,6 +604,7 @@ class UnitedNetModel(BaseModelClass):
                     f"The model has n_groups={self.module.n_groups} but the labels have {self.n_labels} categories; "
                     "create the model without n_groups for supervised training."
                 )
+        self._check_training_sizes(max_epochs, batch_size)
         if validation_size is None:
             validation_size = 1.0 - train_size
         train_idx, val_idx, test_idx = self._split(
@@ -635,6 +737,7 @@ class UnitedNetModel(BaseModelClass):
         """
         self._check_trained()
         check_mudata(query)
+        self._check_training_sizes(max_epochs, batch_size)
         if query is self.adata:
             raise ValueError(
                 "The query is the registered (reference) MuData; adapting on it would train on its test cells. Pass "
@@ -768,7 +871,7 @@ class UnitedNetModel(BaseModelClass):
         seed = settings.seed if settings.seed is not None else 0
         if split_key is None:
             if train_size < 1:
-                self._check_strata(strata)
+                self._warn_singletons(strata)
             return stratified_split(self.adata.n_obs, train_size, validation_size, strata, seed=seed)
         if split_key not in self.adata.obs:
             raise KeyError(f"split_key={split_key!r} is not a column of mdata.obs.")
@@ -796,17 +899,20 @@ class UnitedNetModel(BaseModelClass):
         return parts[0] if len(parts) == 1 else np.char.add(np.char.add(parts[0], "|"), parts[1])
 
     @staticmethod
-    def _check_strata(strata: np.ndarray | None) -> None:
+    def _warn_singletons(strata: np.ndarray | None) -> None:
+        """Warn about strata of one cell: the split keeps each such cell in training (atlases have rare types)."""
         if strata is None:
             return
         values, counts = np.unique(strata, return_counts=True)
-        if (counts < 2).any():
-            singles = list(values[counts < 2][:5])
-            raise ValueError(
-                f"Cannot stratify the split: {int((counts < 2).sum())} label/batch group(s) have a single cell "
-                f"(e.g. {singles}). Remove or merge those labels, or give your own split: an obs column of "
-                "'train' / 'test' passed as split_key (validation cells are then drawn from the 'train' cells, "
-                "single-cell labels staying in training)."
+        singles = values[counts < 2]
+        if len(singles):
+            shown = ", ".join(repr(str(v)) for v in singles[:10]) + (" ..." if len(singles) > 10 else "")
+            warnings.warn(
+                f"{len(singles)} label/batch group(s) have a single cell ({shown}); each such cell stays in training, "
+                "so those groups have no validation or test cells and their metrics are not measured. Pass your "
+                "own split with split_key to choose otherwise.",
+                UserWarning,
+                stacklevel=4,
             )
 
     def _fit_standardization(self, train_idx: np.ndarray, chunk_size: int = 4096) -> None:
@@ -819,7 +925,9 @@ class UnitedNetModel(BaseModelClass):
             for start in range(0, len(train_idx), chunk_size):
                 block = X[train_idx[start : start + chunk_size]]
                 if sparse.issparse(block):
-                    total += np.asarray(block.sum(0), dtype=np.float64).ravel()
+                    # sums in float64 whatever the storage: a CSR copy of dense data must give the same statistics
+                    block = block.astype(np.float64)
+                    total += np.asarray(block.sum(0)).ravel()
                     total_sq += np.asarray(block.multiply(block).sum(0), dtype=np.float64).ravel()
                 else:
                     block = np.asarray(block, dtype=np.float64)
@@ -942,8 +1050,6 @@ class UnitedNetModel(BaseModelClass):
         if target not in self.modalities:
             raise KeyError(f"Unknown target modality {target!r}; registered: {self.modalities}.")
         mdata = self._resolve_mdata(mdata, [source])
-        if source not in mdata.mod:
-            raise KeyError(f"The query has no source modality {source!r}; it has {list(mdata.mod)}.")
         self.module.eval()
         out = []
         for x in self._batches(mdata, [source], batch_size):
