@@ -247,6 +247,18 @@ def features_duplicated(ctx):
     )
 
 
+@case("Set-up", "a modality with 0 cells beside others with cells", "`ValueError`: the cells must be paired")
+def modality_without_cells(ctx):
+    full = ctx.make_mudata()
+    mdata = _mudata({"rna": full.mod["rna"], "atac": full.mod["atac"][:0].copy()})
+    refuses(
+        ValueError,
+        r"Modality 'atac' does not hold exactly the MuData's cells in the same order \(0 of 150 cells\)",
+        UnitedNetModel.setup_mudata,
+        mdata,
+    )
+
+
 @case("Set-up", "a modality with 0 features", "`ValueError`: leave it out with `modalities=[...]`")
 def zero_features(ctx):
     mdata = ctx.make_mudata()
