@@ -16,6 +16,12 @@ Protocol:
   concatenated, standardised modalities (fit on training cells). Clustering of the test cells (secondary): Leiden on
   a 15-NN graph of that PCA and on muon's WNN graph of per-modality PCAs, at the resolution giving as many clusters as
   training cell types (35) and at resolution 1; ARI and NMI.
+- scvi-tools peers (``_peers.py``; raw ``layers["counts"]``, scvi-tools defaults, seed 0), merged into the baseline
+  tables and verdicts: totalVI predicting the test cells' proteins from their RNA, the test cells in training with
+  their proteins held out (all-zero in their own batch, which totalVI treats as unmeasured; transductive, like
+  UnitedNet's ``adapt``), its expected counts decoded as in s1d1 and mapped to ADT ``X`` units by the per-cell CLR
+  that reproduces ``X`` from the counts; totalVI (RNA + ADT) and scVI (RNA) trained on all cells without labels, batch
+  as covariate, their test-cell latents clustered by Leiden like every other latent.
 - UnitedNet (``scvi.settings.seed = 0`` before each model, modalities ``rna`` + ``adt``, both gaussian and
   standardised by the model with training statistics; ``batch_size=128``):
   ``model.train(task, split_key="split", validation_size=0.1)``, i.e. 10 % of the s1d1 cells are drawn for
@@ -133,6 +139,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-adapt", action="store_true", help="skip the transductive adaptations")
     parser.add_argument("--adapt-epochs", type=int, default=100, help="epochs of model.adapt (package default)")
     parser.add_argument("--no-unsupervised", action="store_true", help="skip the unsupervised model (clustering)")
+    parser.add_argument("--no-peers", action="store_true", help="skip the scvi-tools peers (totalVI, scVI)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--out", type=Path, default=default_json_path(NAME), help="JSON output path")
     parser.add_argument(
@@ -345,6 +352,30 @@ def run_baselines(X: dict[str, np.ndarray], labels: np.ndarray, train: np.ndarra
     return out
 
 
+def run_peers(mdata, labels: np.ndarray, test: np.ndarray, n_groups: int) -> dict[str, Any]:
+    """totalVI's RNA -> ADT prediction (test ADT held out), totalVI and scVI latents clustered by Leiden."""
+    import _peers
+
+    out: dict[str, Any] = {"prediction": {}, "clustering": {}, "runs": {}}
+    rna, adt = mdata.mod["rna"].layers["counts"], mdata.mod["adt"].layers["counts"]
+    batch = mdata.obs[BATCH_KEY].astype(str).to_numpy()
+    train_batch = sorted(set(batch) - set(batch[test]))[0]
+    counts, out["runs"]["totalvi_held_out"] = _peers.totalvi_predict_protein(rna, adt, batch, test, train_batch)
+    truth = dense(mdata.mod["adt"].X)[test]
+    out["prediction"]["totalvi (test adt held out)"] = {
+        **adt_metrics(truth, _peers.clr(counts)),
+        "fit_s": out["runs"]["totalvi_held_out"]["fit_s"],
+    }
+    for name, (latent, info) in {
+        "totalvi": _peers.totalvi_latent(rna, adt, batch),
+        "scvi": _peers.scvi_latent(rna, batch),
+    }.items():
+        out["runs"][name] = info
+        graph, _ = knn_graph(latent[test], seed=SEED)
+        out["clustering"].update(leiden_runs(graph, n_groups, labels[test], seed=SEED, prefix=f"leiden_{name}"))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # tables
 # ---------------------------------------------------------------------------------------------------------------------
@@ -468,6 +499,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         with timer() as t_base:
             baselines = run_baselines(X, labels, train, test)
+        peers = None
+        if not args.no_peers:
+            print("-- scvi-tools peers: totalVI (test adt held out), totalVI and scVI latents", flush=True)
+            with timer() as t_peers:
+                peers = run_peers(mdata, labels, test, n_groups)
+            print(f"   {t_peers.seconds:.1f} s", flush=True)
+            for kind in ("prediction", "clustering"):
+                baselines[kind].update(peers[kind])
         runs: list[dict[str, Any]] = []
         models: dict[tuple[str, str], Any] = {}
         for task in args.tasks:
@@ -587,6 +626,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "unitednet_unsupervised": unsupervised,
         "selected": summary,
         "baselines": baselines,
+        "peers": None if peers is None else peers["runs"],
         "verdict": verdict,
         "total_s": t_total.seconds,
         "peak_rss_mb": peak,
