@@ -509,6 +509,15 @@ def split_key_values(ctx):
     )
 
 
+@case("Outputs", "an unknown modality asked of a trained model", "`KeyError` listing the registered modalities")
+def outputs_unknown_modality(ctx):
+    model = ctx.trained
+    registered = r"\['x'\] are not registered in the model; registered: \['rna', 'atac'\]"
+    refuses(KeyError, registered, model.get_latent_representation, modality="x")
+    refuses(KeyError, registered, model.predict_modality, source="x", target="rna")
+    refuses(KeyError, "Unknown target modality 'x'", model.predict_modality, source="rna", target="x")
+
+
 @case(
     "Outputs",
     "an inference batch size of 0 or negative; 1 is fine",

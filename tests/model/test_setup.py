@@ -107,7 +107,7 @@ def test_loss_weights_override_defaults(mdata, model_kwargs):
 
 def test_bad_sizes_rejected(mdata):
     UnitedNetModel.setup_mudata(mdata)
-    with pytest.raises(ValueError, match="n_latent must be a positive integer"):
+    with pytest.raises(ValueError, match="n_latent must be an integer >= 1"):
         UnitedNetModel(mdata, n_latent=0)
     with pytest.raises(ValueError, match=r"dropout_rate must be in \[0, 1\)"):
         UnitedNetModel(mdata, dropout_rate=1.0)

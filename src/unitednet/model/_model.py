@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -134,10 +136,10 @@ class UnitedNetModel(BaseModelClass):
     ):
         super().__init__(mdata)
         for name, value in {"n_latent": n_latent, "n_hidden": n_hidden, "n_heads": n_heads}.items():
-            if int(value) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value}.")
-        if n_layers < 0:
-            raise ValueError(f"n_layers must be >= 0, got {n_layers}.")
+            check_positive_int(value, name)
+        check_positive_int(n_layers, "n_layers", minimum=0)
+        if n_groups is not None:
+            check_positive_int(n_groups, "n_groups", minimum=0)
         if not 0 <= dropout_rate < 1:
             raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}.")
         check_loss_weights(loss_weights, LOSS_NAMES)
@@ -444,11 +446,12 @@ class UnitedNetModel(BaseModelClass):
         return X[:, adata.var_names.get_indexer(names)]
 
     def _resolve_mdata(self, mdata: MuData | None, modalities: Sequence[str]) -> MuData:
-        if mdata is None:
-            return self.adata
-        check_mudata(mdata)
-        check_query_modalities(mdata, self.modalities)
         unknown = [m for m in modalities if m not in self.modalities]
+        if mdata is None and not unknown:
+            return self.adata
+        if mdata is not None:
+            check_mudata(mdata)
+            check_query_modalities(mdata, self.modalities)
         if unknown:
             raise KeyError(f"Modalities {unknown} are not registered in the model; registered: {self.modalities}.")
         check_modalities(mdata, modalities)
@@ -500,10 +503,13 @@ class UnitedNetModel(BaseModelClass):
             yield out
 
     @staticmethod
-    def _check_training_sizes(max_epochs, batch_size) -> None:
+    def _check_training_sizes(max_epochs, batch_size, lr, weight_decay) -> None:
         check_positive_int(max_epochs, "max_epochs")
         why = " for training (batch normalisation and the contrastive loss compare the cells of a batch)"
         check_positive_int(batch_size, "batch_size", minimum=2, why=why)
+        for name, value in (("lr", lr), ("weight_decay", weight_decay)):
+            if not (isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0; got {value!r}.")
 
     def _check_trained(self) -> None:
         if not self.is_trained_:
@@ -604,7 +610,7 @@ class UnitedNetModel(BaseModelClass):
                     f"The model has n_groups={self.module.n_groups} but the labels have {self.n_labels} categories; "
                     "create the model without n_groups for supervised training."
                 )
-        self._check_training_sizes(max_epochs, batch_size)
+        self._check_training_sizes(max_epochs, batch_size, lr, weight_decay)
         if validation_size is None:
             validation_size = 1.0 - train_size
         train_idx, val_idx, test_idx = self._split(
@@ -737,7 +743,7 @@ class UnitedNetModel(BaseModelClass):
         """
         self._check_trained()
         check_mudata(query)
-        self._check_training_sizes(max_epochs, batch_size)
+        self._check_training_sizes(max_epochs, batch_size, lr, weight_decay)
         if query is self.adata:
             raise ValueError(
                 "The query is the registered (reference) MuData; adapting on it would train on its test cells. Pass "
