@@ -251,7 +251,7 @@ def test_gradient_clipping_bounds_the_update():
     torch.manual_seed(0)
     module = _small_module()
     plan = UnitedNetTrainingPlan(module, ["translation", "classification"], gradient_clip_norm=1.0)
-    plan.manual_backward = lambda loss: loss.backward()  # no Trainer attached in a unit test
+    plan.manual_backward = lambda loss, **kwargs: loss.backward(**kwargs)  # no Trainer attached in a unit test
     assert all(isinstance(params, list) for params in plan._groups.values())
     params = plan._groups["classification"]
     optimizer = torch.optim.SGD(params, lr=1.0)

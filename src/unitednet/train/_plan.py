@@ -14,6 +14,12 @@ from unitednet.module import UnitedNetModule
 _SELECTION_TERMS = ("classification", "ddc", "self_entropy", "reconstruction", "translation")
 
 
+def _fused_adam(params: Sequence[torch.nn.Parameter]) -> bool | None:
+    """``True`` when torch has a fused Adam for the parameters' device (CPU and CUDA), else ``None`` (its default)."""
+    devices = {p.device.type for p in params}
+    return True if devices and devices <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params) else None
+
+
 class UnitedNetTrainingPlan(pl.LightningModule):
     """Lightning plan for UnitedNet: alternating objectives, one optimizer each, manual optimisation.
 
@@ -82,9 +88,14 @@ class UnitedNetTrainingPlan(pl.LightningModule):
         self.best_epoch: int | None = None
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        """One Adam optimizer per objective (plus one for the discriminators), each over its own parameters."""
+        """One Adam optimizer per objective (plus one for the discriminators), each over its own parameters.
+
+        The fused implementation (one kernel over all parameters) is used where torch has it for the device.
+        """
         return [
-            torch.optim.Adam(self._groups[name], lr=self.lr, weight_decay=self.weight_decay)
+            torch.optim.Adam(
+                self._groups[name], lr=self.lr, weight_decay=self.weight_decay, fused=_fused_adam(self._groups[name])
+            )
             for name in self._optimizer_names
         ]
 
@@ -96,7 +107,9 @@ class UnitedNetTrainingPlan(pl.LightningModule):
 
     def _step(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], loss: torch.Tensor) -> None:
         optimizer.zero_grad()
-        self.manual_backward(loss)
+        # gradients of this optimizer's parameters only: e.g. the generator term does not compute the
+        # discriminators' weight gradients, which their own step would discard
+        self.manual_backward(loss, inputs=params)
         torch.nn.utils.clip_grad_norm_(params, self.gradient_clip_norm)
         optimizer.step()
 
@@ -105,7 +118,8 @@ class UnitedNetTrainingPlan(pl.LightningModule):
         objective_idx, tensors = batch
         objective = self.objectives[objective_idx]
         optimizers = self._optimizer_map()
-        inference_outputs, generative_outputs = self.module.forward_all(tensors)
+        # the classification loss reads the latents only: the decoders are not run for it
+        inference_outputs, generative_outputs = self.module.forward_all(tensors, decode=objective != "classification")
         out = self.module.loss(tensors, inference_outputs, generative_outputs, objective=objective)
         if not out.loss.requires_grad:
             return  # nothing to learn from this batch (classification on a batch without labelled cells)
