@@ -436,6 +436,13 @@ def test_sparse_gaussian_modality_densified_per_batch_only(make_mudata, model_kw
                 return _original(self, *args, **kwargs)
 
             monkeypatch.setattr(cls, method, recording)
+    to_dense = torch.Tensor.to_dense
+
+    def recording_to_dense(self, *args, **kwargs):  # sparse CSR minibatches densified by torch
+        shapes.append(tuple(self.shape))
+        return to_dense(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to_dense", recording_to_dense)
     UnitedNetModel.setup_mudata(mdata, labels_key="cell_type")
     model = UnitedNetModel(mdata, **model_kwargs)
     assert model.likelihoods["rna"] == "gaussian"

@@ -35,6 +35,7 @@ from unitednet.train import (
     UnitedNetTrainingPlan,
     stratified_split,
 )
+from unitednet.train._data import rows_tensor
 
 from ._validation import check_finite, check_modalities, check_mudata, is_binary
 
@@ -385,9 +386,18 @@ class UnitedNetModel(BaseModelClass):
         return present
 
     def _batches(
-        self, mdata: MuData, modalities: Sequence[str], batch_size: int | None, indices: Sequence[int] | None = None
+        self,
+        mdata: MuData,
+        modalities: Sequence[str],
+        batch_size: int | None,
+        indices: Sequence[int] | None = None,
+        keep_sparse: bool = False,
     ) -> Iterator[dict[str, torch.Tensor]]:
-        """Minibatches of dense float32 tensors, one per modality; sparse matrices are densified per batch only."""
+        """Minibatches of float32 tensors, one per modality.
+
+        Sparse matrices give sparse CSR tensors with ``keep_sparse`` (the module's encoders read their non-zeros
+        only) and are densified one batch at a time otherwise.
+        """
         matrices = {m: self._matrix(mdata, m) for m in modalities}
         if mdata is not self.adata:
             for m, X in matrices.items():
@@ -399,9 +409,7 @@ class UnitedNetModel(BaseModelClass):
             rows = idx[start : start + batch_size]
             out = {}
             for m, X in matrices.items():
-                block = X[rows]
-                block = block.toarray() if sparse.issparse(block) else np.asarray(block)
-                out[m] = torch.as_tensor(block, dtype=torch.float32, device=device)
+                out[m] = rows_tensor(X, rows, keep_sparse=keep_sparse).to(device)
             yield out
 
     def _check_trained(self) -> None:
@@ -870,7 +878,7 @@ class UnitedNetModel(BaseModelClass):
         mdata = self._resolve_mdata(mdata, mods)
         self.module.eval()
         out = []
-        for x in self._batches(mdata, mods, batch_size):
+        for x in self._batches(mdata, mods, batch_size, keep_sparse=True):
             inf = self.module.inference(x)
             out.append((inf["z"][modality] if modality is not None else inf["z_fused"]).cpu().numpy())
         return np.concatenate(out)
@@ -908,7 +916,7 @@ class UnitedNetModel(BaseModelClass):
         probs = np.concatenate(
             [
                 torch.softmax(self.module.group_logits(self.module.inference(x)["z_fused"]), 1).cpu().numpy()
-                for x in self._batches(mdata, mods, batch_size)
+                for x in self._batches(mdata, mods, batch_size, keep_sparse=True)
             ]
         )
         names = self.group_names
@@ -946,8 +954,8 @@ class UnitedNetModel(BaseModelClass):
             raise KeyError(f"The query has no source modality {source!r}; it has {list(mdata.mod)}.")
         self.module.eval()
         out = []
-        for x in self._batches(mdata, [source], batch_size):
-            z = self.module.encoders[source](self.module.standardize(source, x[source]))
+        for x in self._batches(mdata, [source], batch_size, keep_sparse=True):
+            z = self.module.encode(source, x[source])
             out.append(self.module.to_data_space(target, self.module.decoders[target](z)).cpu().numpy())
         return np.concatenate(out)
 
