@@ -14,7 +14,7 @@ from unitednet.module._losses import reconstruction_error
 from unitednet.nn import MLP
 from unitednet.nn._base import is_sparse_batch, sparse_transpose
 from unitednet.train import UnitedNetTrainingPlan
-from unitednet.train._data import RegisteredCellLoader, sparse_rows_tensor
+from unitednet.train._data import RegisteredCellLoader, rows_tensor, sparse_rows_tensor
 
 
 def _csr(x: torch.Tensor) -> torch.Tensor:
@@ -175,3 +175,76 @@ def test_generator_step_computes_no_discriminator_gradient():
     plan._step(torch.optim.SGD(params, lr=0.1), params, out.loss)
     assert all(p.grad is None for p in module.discriminators.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.decoders.parameters())
+
+
+class _OnDisk:
+    """A matrix that, like h5py, accepts only increasing row indices; records every read."""
+
+    def __init__(self, values):
+        self.values = values
+        self.shape = values.shape
+        self.reads = []
+
+    def __getitem__(self, rows):
+        rows = np.asarray(rows)
+        if (np.diff(rows) <= 0).any():
+            raise TypeError("Indexing elements must be in increasing order")
+        self.reads.append(rows)
+        return self.values[rows]
+
+
+def test_read_rows_of_an_on_disk_matrix_reads_only_those_rows_in_order():
+    values = np.arange(40, dtype=np.float32).reshape(10, 4)
+    matrix = _OnDisk(values)
+    rows = np.array([7, 2, 9, 0])
+    out = rows_tensor(matrix, rows)
+    np.testing.assert_array_equal(out.numpy(), values[rows])
+    assert [r.tolist() for r in matrix.reads] == [[0, 2, 7, 9]]
+
+
+def test_backed_mudata_trains_and_infers_like_in_memory(tmp_path, make_mudata, model_kwargs):
+    import mudata as md
+
+    path = tmp_path / "cells.h5mu"
+    make_mudata().write(path)
+    results = []
+    for backed in (False, True):
+        data = md.read_h5mu(path, backed=backed)
+        torch.manual_seed(0)
+        UnitedNetModel.setup_mudata(data, modalities=["rna", "atac"], labels_key="cell_type")
+        model = UnitedNetModel(data, **model_kwargs)
+        model.train("supervised", max_epochs=2, batch_size=32, enable_progress_bar=False)
+        results.append(
+            (
+                model.get_latent_representation(batch_size=40),
+                model.predict_modality(source="atac", target="rna", batch_size=40),
+                model.predict_labels(),
+            )
+        )
+        if backed:  # still on disk: neither matrix was loaded into memory by training or inference
+            for m in ("rna", "atac"):
+                assert data.mod[m].isbacked
+                X = data.mod[m].X
+                assert not isinstance(X, np.ndarray) and not sparse.issparse(X), m
+    (latent, pred, labels), (latent_b, pred_b, labels_b) = results
+    np.testing.assert_allclose(latent_b, latent, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(pred_b, pred, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(labels_b, labels)
+
+
+def test_backed_setup_checks_values_block_by_block(tmp_path, make_mudata, monkeypatch):
+    import mudata as md
+
+    from unitednet.model import _validation
+
+    mdata = make_mudata()
+    mdata.mod["rna"].X[120, 3] = np.nan
+    path = tmp_path / "cells.h5mu"
+    mdata.write(path)
+    backed = md.read_h5mu(path, backed=True)
+    monkeypatch.setattr(_validation.value_blocks, "__defaults__", (50,))  # several blocks on 150 cells
+    with pytest.raises(ValueError, match="1 NaN or infinite"):
+        UnitedNetModel.setup_mudata(backed, modalities=["rna", "atac"])
+    blocks = list(_validation.value_blocks(backed.mod["atac"].X))
+    assert len(blocks) == 3
+    assert _validation.is_binary(backed.mod["atac"].X) and not _validation.is_binary(backed.mod["rna"].X)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from mudata import MuData
@@ -16,11 +16,22 @@ def matrix_values(X) -> np.ndarray:
     return np.asarray(X)
 
 
+def value_blocks(X, chunk_size: int = 10_000) -> Iterator[np.ndarray]:
+    """The stored values of a matrix: at once in memory, a block of rows at a time when it is backed on disk."""
+    if isinstance(X, np.ndarray) or sparse.issparse(X):
+        yield matrix_values(X)
+        return
+    for start in range(0, X.shape[0], chunk_size):
+        yield matrix_values(X[start : start + chunk_size])
+
+
 def check_finite(X, where: str) -> None:
-    """Raise if a matrix holds NaN or infinite values."""
-    values = matrix_values(X)
-    if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
-        n_bad = int((~np.isfinite(values)).sum())
+    """Raise if a matrix holds NaN or infinite values (an on-disk matrix is read a block of rows at a time)."""
+    n_bad = 0
+    for values in value_blocks(X):
+        if np.issubdtype(values.dtype, np.floating):
+            n_bad += int((~np.isfinite(values)).sum())
+    if n_bad:
         raise ValueError(
             f"{where} contains {n_bad} NaN or infinite values. Impute or remove them (e.g. replace with 0 or drop "
             "the affected features) before setting up the model."
@@ -28,9 +39,8 @@ def check_finite(X, where: str) -> None:
 
 
 def is_binary(X) -> bool:
-    """Whether every value of a matrix is 0 or 1."""
-    values = matrix_values(X)
-    return bool(np.isin(values, (0, 1)).all())
+    """Whether every value of a matrix is 0 or 1 (an on-disk matrix is read a block of rows at a time)."""
+    return all(bool(np.isin(values, (0, 1)).all()) for values in value_blocks(X))
 
 
 def check_mudata(mdata) -> None:

@@ -75,9 +75,28 @@ def sparse_rows_tensor(block) -> torch.Tensor:
     )
 
 
+def read_rows(matrix, rows: np.ndarray):
+    """Rows of an in-memory (numpy, scipy) or on-disk (h5py, AnnData-backed sparse) matrix, in the order given.
+
+    On-disk matrices are read at increasing row indices (as h5py requires) and the block is put back in order, so a
+    backed matrix gives the same rows as the same matrix in memory; only the rows asked for are read.
+    """
+    if isinstance(matrix, np.ndarray) or sparse.issparse(matrix):
+        return matrix[rows]
+    rows = np.asarray(rows)
+    order = np.argsort(rows, kind="stable")
+    block = matrix[rows[order]]
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return block[inverse]
+
+
 def rows_tensor(matrix, rows: np.ndarray, keep_sparse: bool = True) -> torch.Tensor:
-    """Rows of a dense or sparse matrix as a float32 tensor: sparse CSR for sparse matrices (``keep_sparse``), else dense."""
-    block = matrix[rows]
+    """Rows of a dense or sparse matrix as a float32 tensor: sparse CSR for sparse matrices (``keep_sparse``), else dense.
+
+    ``matrix`` may be backed on disk (see :func:`read_rows`): only the rows are read.
+    """
+    block = read_rows(matrix, rows)
     if sparse.issparse(block):
         if keep_sparse:
             return sparse_rows_tensor(block)
