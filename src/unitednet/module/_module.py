@@ -323,6 +323,16 @@ class UnitedNetModule(BaseModuleClass):
             terms.append(0.5 * (lsgan_loss(d(real), 1.0) + lsgan_loss(d(fake), 0.0)))
         return torch.stack(terms).mean()
 
+    def _frozen_discriminator(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        """Discriminator scores with its parameters detached.
+
+        The generator term's gradient then reaches the reconstructions only; the discriminators' own step computes
+        their weight gradients.
+        """
+        d = self.discriminators[modality]
+        params = {name: p.detach() for name, p in d.named_parameters()}
+        return torch.func.functional_call(d, params, (x,))
+
     def _discriminator_input(self, modality: str, out: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(out) if self.likelihoods[modality] == "bernoulli" else out
 
@@ -354,7 +364,7 @@ class UnitedNetModule(BaseModuleClass):
                 pred = x_hat[t][s][both[present[s]]]
                 trans.append(reconstruction_error(pred, x[t][both[present[t]]], self.likelihoods[t]))
         x_fake = self.discriminator_inputs(generative_outputs)
-        gen = [lsgan_loss(self.discriminators[m](x_fake[m]), 1.0) for m in mods]
+        gen = [lsgan_loss(self._frozen_discriminator(m, x_fake[m]), 1.0) for m in mods]
         zero = recon[0].new_zeros(())
         contrast = []
         if len(mods) > 1:

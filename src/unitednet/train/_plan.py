@@ -107,9 +107,7 @@ class UnitedNetTrainingPlan(pl.LightningModule):
 
     def _step(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], loss: torch.Tensor) -> None:
         optimizer.zero_grad()
-        # gradients of this optimizer's parameters only: e.g. the generator term does not compute the
-        # discriminators' weight gradients, which their own step would discard
-        self.manual_backward(loss, inputs=params)
+        self.manual_backward(loss)
         torch.nn.utils.clip_grad_norm_(params, self.gradient_clip_norm)
         optimizer.step()
 
@@ -196,6 +194,9 @@ class UnitedNetTrainingPlan(pl.LightningModule):
         heads = self.module.heads
         loader = self.trainer.datamodule.train_dataloader()
         loader = getattr(loader, "loader", loader)  # the objective cycle wraps one pass over the training cells
+        if getattr(loader, "distributed", False):  # every process clusters all training cells, not its share
+            loader = copy.copy(loader)
+            loader.distributed = False
         was_training = self.module.training
         self.module.eval()
         try:
@@ -212,6 +213,10 @@ class UnitedNetTrainingPlan(pl.LightningModule):
             seed = int(torch.randint(0, 2**31 - 1, ()).item())
             kmeans = KMeans(n_clusters=n_groups, n_init=10, random_state=seed).fit(x.cpu().numpy())
             heads.set_group_directions(h, torch.as_tensor(kmeans.cluster_centers_))
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():  # the processes keep the same heads: those of process 0
+            for weight in heads.weights:
+                dist.broadcast(weight.data, src=0)
         self._optimizer_map()["clustering"].state.clear()
         self.best_validation_loss = float("inf")
         self.best_state = None
