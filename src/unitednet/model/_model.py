@@ -475,7 +475,11 @@ class UnitedNetModel(BaseModelClass):
             Keyword arguments of :class:`~unitednet.train.UnitedNetTrainingPlan` (e.g. ``gradient_clip_norm``,
             ``head_selection_window``).
         **trainer_kwargs
-            Passed to :class:`scvi.train.Trainer` (e.g. ``enable_progress_bar``).
+            Passed to :class:`scvi.train.Trainer` (e.g. ``enable_progress_bar``). ``strategy="ddp"`` trains with
+            several processes, one per device (e.g. ``accelerator="gpu", devices=4`` or ``accelerator="cpu",
+            devices=2``): each minibatch of ``batch_size`` cells is shared among the processes and their gradients
+            averaged; every process validates on all validation cells. It runs as Lightning's
+            ``"ddp_find_unused_parameters_true"`` (each objective updates part of the parameters).
 
         Returns
         -------
@@ -540,6 +544,8 @@ class UnitedNetModel(BaseModelClass):
         elif early_stopping:
             raise ValueError("early_stopping needs validation cells; set validation_size > 0.")
         trainer_kwargs.setdefault("log_every_n_steps", 1)
+        if trainer_kwargs.get("strategy") == "ddp":  # each objective's step leaves the other parameters unused
+            trainer_kwargs["strategy"] = "ddp_find_unused_parameters_true"
         self.module.train()  # Lightning keeps the modes it finds: a trained model's module is in eval mode
         runner = TrainRunner(
             self,

@@ -115,6 +115,12 @@ class RegisteredCellLoader:
     torch ``DataLoader`` over a ``BatchSampler(RandomSampler)``) drew them, so a seed gives the same batches as
     before this loader replaced it.
 
+    In distributed training (``distributed=True`` and an initialised :mod:`torch.distributed` process group of
+    ``W`` processes) every process reads its share of each batch: the order drawn by process 0 is broadcast, each
+    batch of ``batch_size`` cells is dealt to the processes in turn (``rows[rank::W]``), and a last batch with fewer
+    than two cells per process is left out. The averaged gradients of the processes then stand for those of the
+    whole batch.
+
     Parameters
     ----------
     adata_manager
@@ -127,6 +133,8 @@ class RegisteredCellLoader:
         Draw a new order each pass; otherwise the order of ``indices``.
     drop_last
         Leave out the last, incomplete batch.
+    distributed
+        Share each batch among the processes of an initialised process group (see above).
     """
 
     def __init__(
@@ -136,16 +144,30 @@ class RegisteredCellLoader:
         batch_size: int,
         shuffle: bool = False,
         drop_last: bool = False,
+        distributed: bool = False,
     ):
         self.data = {key: adata_manager.get_from_registry(key) for key in adata_manager.data_registry}
         self.indices = np.asarray(indices, dtype=int)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
+        self.distributed = distributed
+
+    @property
+    def _world(self) -> tuple[int, int]:
+        """``(rank, number of processes)`` of the process group shared by the batches; ``(0, 1)`` without one."""
+        dist = torch.distributed
+        if self.distributed and dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
 
     def __len__(self) -> int:
         n = len(self.indices)
-        return n // self.batch_size if self.drop_last else int(np.ceil(n / self.batch_size))
+        n_batches = n // self.batch_size if self.drop_last else int(np.ceil(n / self.batch_size))
+        world = self._world[1]
+        if world > 1 and n_batches and n - (n_batches - 1) * self.batch_size < 2 * world:
+            n_batches -= 1  # a last batch too small to give every process two cells
+        return n_batches
 
     def _order(self) -> np.ndarray:
         torch.empty((), dtype=torch.int64).random_()  # the DataLoader iterator's base seed
@@ -158,8 +180,16 @@ class RegisteredCellLoader:
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         order = self._order()
+        rank, world = self._world
+        if world > 1:  # every process uses the order of process 0
+            nccl = torch.distributed.get_backend() == "nccl"  # NCCL broadcasts GPU tensors only
+            device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+            shared = torch.as_tensor(order, dtype=torch.int64, device=device)
+            torch.distributed.broadcast(shared, src=0)
+            order = shared.cpu().numpy()
         for k in range(len(self)):
-            yield self.collate(self.indices[order[k * self.batch_size : (k + 1) * self.batch_size]])
+            rows = self.indices[order[k * self.batch_size : (k + 1) * self.batch_size]]
+            yield self.collate(rows[rank::world])
 
     def collate(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
         """The batch of the given rows of the registered data."""
@@ -233,7 +263,12 @@ class UnitedNetDataModule(pl.LightningDataModule):
         # batch norm needs >= 2 cells: drop a last batch of a single cell
         drop_last = self.n_train % self.batch_size == 1
         loader = RegisteredCellLoader(
-            self.adata_manager, self.train_idx, batch_size=self.batch_size, shuffle=True, drop_last=drop_last
+            self.adata_manager,
+            self.train_idx,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=drop_last,
+            distributed=True,
         )
         return _ObjectiveCycle(loader, self.n_objectives)
 
