@@ -39,6 +39,7 @@ from unitednet.train import (
     UnitedNetTrainingPlan,
     stratified_split,
 )
+from unitednet.train._data import rows_tensor
 
 from ._validation import (
     check_finite,
@@ -483,9 +484,18 @@ class UnitedNetModel(BaseModelClass):
         return present
 
     def _batches(
-        self, mdata: MuData, modalities: Sequence[str], batch_size: int | None, indices: Sequence[int] | None = None
+        self,
+        mdata: MuData,
+        modalities: Sequence[str],
+        batch_size: int | None,
+        indices: Sequence[int] | None = None,
+        keep_sparse: bool = False,
     ) -> Iterator[dict[str, torch.Tensor]]:
-        """Minibatches of dense float32 tensors, one per modality; sparse matrices are densified per batch only."""
+        """Minibatches of float32 tensors, one per modality.
+
+        Sparse matrices give sparse CSR tensors with ``keep_sparse`` (the module's encoders read their non-zeros
+        only) and are densified one batch at a time otherwise.
+        """
         matrices = {m: self._matrix(mdata, m) for m in modalities}
         if mdata is not self.adata:
             for m, X in matrices.items():
@@ -497,9 +507,7 @@ class UnitedNetModel(BaseModelClass):
             rows = idx[start : start + batch_size]
             out = {}
             for m, X in matrices.items():
-                block = X[rows]
-                block = block.toarray() if sparse.issparse(block) else np.asarray(block)
-                out[m] = torch.as_tensor(block, dtype=torch.float32, device=device)
+                out[m] = rows_tensor(X, rows, keep_sparse=keep_sparse).to(device)
             yield out
 
     @staticmethod
@@ -574,7 +582,11 @@ class UnitedNetModel(BaseModelClass):
             Keyword arguments of :class:`~unitednet.train.UnitedNetTrainingPlan` (e.g. ``gradient_clip_norm``,
             ``head_selection_window``).
         **trainer_kwargs
-            Passed to :class:`scvi.train.Trainer` (e.g. ``enable_progress_bar``).
+            Passed to :class:`scvi.train.Trainer` (e.g. ``enable_progress_bar``). ``strategy="ddp"`` trains with
+            several processes, one per device (e.g. ``accelerator="gpu", devices=4`` or ``accelerator="cpu",
+            devices=2``): each minibatch of ``batch_size`` cells is shared among the processes and their gradients
+            averaged; every process validates on all validation cells. It runs as Lightning's
+            ``"ddp_find_unused_parameters_true"`` (each objective updates part of the parameters).
 
         Returns
         -------
@@ -640,6 +652,8 @@ class UnitedNetModel(BaseModelClass):
         elif early_stopping:
             raise ValueError("early_stopping needs validation cells; set validation_size > 0.")
         trainer_kwargs.setdefault("log_every_n_steps", 1)
+        if trainer_kwargs.get("strategy") == "ddp":  # each objective's step leaves the other parameters unused
+            trainer_kwargs["strategy"] = "ddp_find_unused_parameters_true"
         self.module.train()  # Lightning keeps the modes it finds: a trained model's module is in eval mode
         runner = TrainRunner(
             self,
@@ -984,7 +998,7 @@ class UnitedNetModel(BaseModelClass):
         mdata = self._resolve_mdata(mdata, mods)
         self.module.eval()
         out = []
-        for x in self._batches(mdata, mods, batch_size):
+        for x in self._batches(mdata, mods, batch_size, keep_sparse=True):
             inf = self.module.inference(x)
             out.append((inf["z"][modality] if modality is not None else inf["z_fused"]).cpu().numpy())
         return np.concatenate(out)
@@ -1022,7 +1036,7 @@ class UnitedNetModel(BaseModelClass):
         probs = np.concatenate(
             [
                 torch.softmax(self.module.group_logits(self.module.inference(x)["z_fused"]), 1).cpu().numpy()
-                for x in self._batches(mdata, mods, batch_size)
+                for x in self._batches(mdata, mods, batch_size, keep_sparse=True)
             ]
         )
         names = self.group_names
@@ -1058,8 +1072,8 @@ class UnitedNetModel(BaseModelClass):
         mdata = self._resolve_mdata(mdata, [source])
         self.module.eval()
         out = []
-        for x in self._batches(mdata, [source], batch_size):
-            z = self.module.encoders[source](self.module.standardize(source, x[source]))
+        for x in self._batches(mdata, [source], batch_size, keep_sparse=True):
+            z = self.module.encode(source, x[source])
             out.append(self.module.to_data_space(target, self.module.decoders[target](z)).cpu().numpy())
         return np.concatenate(out)
 

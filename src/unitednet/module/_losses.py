@@ -6,10 +6,53 @@ import torch
 import torch.nn.functional as F
 
 
+def _sparse_entries(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row index, column index and value of each stored entry of a sparse CSR matrix."""
+    crow = x.crow_indices()
+    rows = torch.repeat_interleave(torch.arange(x.shape[0], device=x.device), crow.diff())
+    return rows, x.col_indices(), x.values()
+
+
+class _BinaryCrossEntropyWithLogits(torch.autograd.Function):
+    """Mean binary cross-entropy of logits against a dense or sparse CSR target.
+
+    ``mean(softplus(logits) - target * logits)``; the gradient is ``(sigmoid(logits) - target) / n``. A sparse
+    target is read at its stored entries only, and no intermediate tensor beyond the logits' size is made.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        total = F.softplus(logits).sum()
+        if target.layout == torch.sparse_csr:
+            entries = _sparse_entries(target)
+            total = total - (logits[entries[0], entries[1]] * entries[2]).sum()
+            ctx.save_for_backward(logits, *entries)
+        else:
+            total = total - torch.dot(logits.reshape(-1), target.reshape(-1).to(logits.dtype))
+            ctx.save_for_backward(logits, target)
+        return total / logits.numel()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, *target = ctx.saved_tensors
+        out = torch.sigmoid(logits)
+        if len(target) == 3:  # sparse entries
+            rows, cols, values = target
+            out.index_put_((rows, cols), -values.to(out.dtype), accumulate=True)
+        else:
+            out.sub_(target[0])
+        return out.mul_(grad / logits.numel()), None
+
+
 def reconstruction_error(x_hat: torch.Tensor, x: torch.Tensor, likelihood: str) -> torch.Tensor:
-    """Mean per-entry error of a decoded profile: BCE on logits for ``bernoulli``, MSE for ``gaussian``."""
+    """Mean per-entry error of a decoded profile: BCE on logits for ``bernoulli``, MSE for ``gaussian``.
+
+    ``x`` may be a sparse CSR matrix; the bernoulli error then reads its non-zeros only.
+    """
     if likelihood == "bernoulli":
-        return F.binary_cross_entropy_with_logits(x_hat, x)
+        return _BinaryCrossEntropyWithLogits.apply(x_hat, x)
+    if x.layout == torch.sparse_csr:
+        x = x.to_dense()
     return F.mse_loss(x_hat, x)
 
 

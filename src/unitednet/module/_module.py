@@ -10,6 +10,7 @@ from torch import nn
 
 from unitednet._constants import DEFAULT_LOSS_WEIGHTS, OBJECTIVE_LOSSES, REGISTRY_KEYS, modality_key
 from unitednet.nn import MLP, Discriminator, GroupHeads, ModalityFusion
+from unitednet.nn._base import is_sparse_batch
 
 from ._losses import contrastive_loss, ddc_loss, lsgan_loss, reconstruction_error, self_entropy_loss
 
@@ -41,6 +42,11 @@ class _Standardizer(nn.Module):
 
     def inverse(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale + self.loc
+
+
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as a dense tensor (a sparse CSR minibatch is densified)."""
+    return x.to_dense() if is_sparse_batch(x) else x
 
 
 class UnitedNetModule(BaseModuleClass):
@@ -162,8 +168,22 @@ class UnitedNetModule(BaseModuleClass):
         return {"z": inference_outputs["z"]}
 
     def standardize(self, modality: str, x: torch.Tensor) -> torch.Tensor:
-        """Input of a modality in the space the networks work in (standardised for gaussian modalities)."""
-        return self.standardizers[modality](x.float()) if self.likelihoods[modality] == "gaussian" else x.float()
+        """Input of a modality in the space the networks work in (standardised for gaussian modalities).
+
+        A sparse CSR ``x`` stays sparse for bernoulli modalities and is densified (one minibatch) for gaussian ones.
+        """
+        if self.likelihoods[modality] != "gaussian":
+            return x.float()
+        if is_sparse_batch(x):
+            x = x.to_dense()
+        return self.standardizers[modality](x.float())
+
+    def encode(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        """Latent of a modality's cells; ``x`` is dense or sparse CSR (then never densified, see :class:`~unitednet.nn.MLP`)."""
+        if is_sparse_batch(x) and self.likelihoods[modality] == "gaussian":
+            standardizer = self.standardizers[modality]
+            return self.encoders[modality](x.float(), standardizer.loc, standardizer.scale)
+        return self.encoders[modality](self.standardize(modality, x))
 
     def to_data_space(self, modality: str, out: torch.Tensor) -> torch.Tensor:
         """Decoder output in the modality's original units: probabilities for bernoulli, de-standardised values else."""
@@ -236,14 +256,14 @@ class UnitedNetModule(BaseModuleClass):
         if not x:
             raise ValueError("At least one registered modality is needed to encode cells.")
         if present is None:
-            z = {m: self.encoders[m](self.standardize(m, x[m])) for m in self.modalities if m in x}
+            z = {m: self.encode(m, x[m]) for m in self.modalities if m in x}
             return {"z": z, "z_fused": self.fuse(z)}
         n_obs = next(iter(x.values())).shape[0]
         mask = self.presence(present, [m for m in self.modalities if m in x], n_obs)
         mask = {m: v.to(x[m].device) for m, v in mask.items()}
         if not mask:
             raise ValueError("No modality is present in this minibatch.")
-        z = {m: self.encoders[m](self.standardize(m, x[m][mask[m]])) for m in mask}
+        z = {m: self.encode(m, _dense(x[m])[mask[m]]) for m in mask}
         cells = torch.stack(list(mask.values())).any(0)
         return {"z": z, "z_fused": self.fuse(z, mask), "present": mask, "cells": cells}
 
@@ -251,6 +271,19 @@ class UnitedNetModule(BaseModuleClass):
     def generative(self, z: Mapping[str, torch.Tensor]) -> dict:
         """Decode every latent into every modality: ``x_hat[target][source]`` (logits for bernoulli targets)."""
         return {"x_hat": {t: {s: self.decoders[t](zs) for s, zs in z.items()} for t in self.modalities}}
+
+    def discriminator_inputs(self, generative_outputs: dict) -> dict[str, torch.Tensor]:
+        """Reconstruction of each modality as its discriminator reads it (probabilities for bernoulli modalities).
+
+        Computed once per batch and kept in ``generative_outputs["x_fake"]``: the generator term reads it with its
+        gradient, the discriminator loss detached.
+        """
+        if "x_fake" not in generative_outputs:
+            x_hat = generative_outputs["x_hat"]
+            generative_outputs["x_fake"] = {
+                m: self._discriminator_input(m, x_hat[m][m]) for m in self.modalities if m in x_hat[m]
+            }
+        return generative_outputs["x_fake"]
 
     def group_logits(self, z_fused: torch.Tensor, head: int | None = None) -> torch.Tensor:
         """Group logits of one head (the selected best head by default)."""
@@ -261,7 +294,7 @@ class UnitedNetModule(BaseModuleClass):
     def _observed(self, tensors, modality: str, present: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
         """Standardised input of a modality for the cells where it is present (all cells without presence flags)."""
         x = self.standardize(modality, tensors[modality_key(modality)])
-        return x if present is None else x[present[modality]]
+        return x if present is None else _dense(x)[present[modality]]
 
     def _batch_presence(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
         """Presence used by :meth:`inference` for this batch (``None`` when the batch has no presence flags)."""
@@ -278,16 +311,27 @@ class UnitedNetModule(BaseModuleClass):
         """
         present = self._batch_presence(tensors)
         x_hat = generative_outputs["x_hat"]
+        x_fake = self.discriminator_inputs(generative_outputs)
         terms = []
         for m in self.modalities:
             if m not in x_hat[m]:
                 continue
             present_m = None if present is None else {m: present[m].to(x_hat[m][m].device)}
             real = self._observed(tensors, m, present_m)
-            fake = self._discriminator_input(m, x_hat[m][m].detach())
+            fake = x_fake[m].detach()
             d = self.discriminators[m]
             terms.append(0.5 * (lsgan_loss(d(real), 1.0) + lsgan_loss(d(fake), 0.0)))
         return torch.stack(terms).mean()
+
+    def _frozen_discriminator(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        """Discriminator scores with its parameters detached.
+
+        The generator term's gradient then reaches the reconstructions only; the discriminators' own step computes
+        their weight gradients.
+        """
+        d = self.discriminators[modality]
+        params = {name: p.detach() for name, p in d.named_parameters()}
+        return torch.func.functional_call(d, params, (x,))
 
     def _discriminator_input(self, modality: str, out: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(out) if self.likelihoods[modality] == "bernoulli" else out
@@ -319,7 +363,8 @@ class UnitedNetModule(BaseModuleClass):
                 # rows of the s-cells (x_hat[t][s]) and of the t-cells (x[t]) that hold both modalities
                 pred = x_hat[t][s][both[present[s]]]
                 trans.append(reconstruction_error(pred, x[t][both[present[t]]], self.likelihoods[t]))
-        gen = [lsgan_loss(self.discriminators[m](self._discriminator_input(m, x_hat[m][m])), 1.0) for m in mods]
+        x_fake = self.discriminator_inputs(generative_outputs)
+        gen = [lsgan_loss(self._frozen_discriminator(m, x_fake[m]), 1.0) for m in mods]
         zero = recon[0].new_zeros(())
         contrast = []
         if len(mods) > 1:
@@ -427,9 +472,15 @@ class UnitedNetModule(BaseModuleClass):
         n_obs = inference_outputs["z_fused"].shape[0]
         return LossOutput(loss=total, extra_metrics=extra, n_obs_minibatch=n_obs)
 
-    def forward_all(self, tensors: dict[str, torch.Tensor]) -> tuple[dict, dict]:
-        """Inference and generative outputs for a batch (every modality, or presence flags per cell)."""
+    def forward_all(self, tensors: dict[str, torch.Tensor], decode: bool = True) -> tuple[dict, dict | None]:
+        """Inference and generative outputs for a batch (every modality, or presence flags per cell).
+
+        With ``decode=False`` the decoders are not run and the generative outputs are ``None`` (enough for the
+        classification objective, whose loss reads the latents only).
+        """
         inference_outputs = self.inference(**self._get_inference_input(tensors))
+        if not decode:
+            return inference_outputs, None
         generative_outputs = self.generative(**self._get_generative_input(tensors, inference_outputs))
         return inference_outputs, generative_outputs
 

@@ -1,11 +1,82 @@
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def csr_tensor(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """A torch sparse CSR tensor (without torch's warning that its sparse CSR support is in beta)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+        return torch.sparse_csr_tensor(crow, col, values, shape)
+
+
+def is_sparse_batch(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a sparse CSR minibatch (cells x features), as the training and inference loaders give."""
+    return x.layout == torch.sparse_csr
+
+
+def sparse_transpose(x: torch.Tensor) -> torch.Tensor:
+    """``x.T`` of a sparse CSR matrix, again in CSR layout (its rows are then ``x``'s columns)."""
+    if x.device.type == "cpu":
+        # scipy's transposition (a counting sort) is several times faster than torch's conversion on CPU
+        from scipy import sparse
+
+        crow, col, val = (t.numpy() for t in (x.crow_indices(), x.col_indices(), x.values()))
+        xt = sparse.csr_matrix((val, col, crow), shape=tuple(x.shape)).T.tocsr()
+        index = torch.from_numpy(xt.indptr).to(x.crow_indices().dtype), torch.from_numpy(xt.indices)
+        return csr_tensor(*index, torch.from_numpy(xt.data), (x.shape[1], x.shape[0]))
+    return x.t().to_sparse_csr()
+
+
+class _SparseLinear(torch.autograd.Function):
+    """``x @ weight.T + bias`` for a sparse CSR ``x``; the cost grows with the non-zeros of ``x``, not its width.
+
+    No gradient flows to ``x`` (it is data); the weight gradient ``(x.T @ grad).T`` is a sparse-dense product too.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.has_bias = bias is not None
+        out = torch.sparse.mm(x, weight.t())
+        return out if bias is None else out.add_(bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        grad_weight = grad_bias = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.sparse.mm(sparse_transpose(x), grad).t()
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(0)
+        return None, grad_weight, grad_bias
+
+
+def linear(
+    layer: nn.Linear, x: torch.Tensor, loc: torch.Tensor | None = None, scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Apply a linear layer to dense or sparse CSR input, optionally standardised first: ``layer((x - loc) / scale)``.
+
+    For sparse ``x`` the standardisation is folded into the weights (``W / scale`` and ``b - W @ (loc / scale)``), so
+    the input stays sparse and the cost grows with its non-zeros.
+    """
+    if not is_sparse_batch(x):
+        if loc is not None:
+            x = (x - loc) / scale
+        return layer(x)
+    weight, bias = layer.weight, layer.bias
+    if loc is not None:
+        weight = weight / scale
+        shift = weight @ loc
+        bias = -shift if bias is None else bias - shift
+    return _SparseLinear.apply(x, weight, bias)
 
 
 class MLP(nn.Module):
@@ -51,9 +122,17 @@ class MLP(nn.Module):
         layers.append(nn.Linear(n_in, n_output))
         self.network = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map ``x`` (cells x n_input) to cells x n_output."""
-        return self.network(x)
+    def forward(
+        self, x: torch.Tensor, loc: torch.Tensor | None = None, scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Map ``x`` (cells x n_input, dense or sparse CSR) to cells x n_output.
+
+        ``loc`` and ``scale`` (per input feature) standardise the input first; a sparse input stays sparse (see
+        :func:`linear`).
+        """
+        if not is_sparse_batch(x) and loc is None:
+            return self.network(x)
+        return self.network[1:](linear(self.network[0], x, loc, scale))
 
 
 class ModalityFusion(nn.Module):
@@ -170,5 +249,5 @@ class Discriminator(nn.Module):
         self.mlp = MLP(n_input, 1, n_hidden=n_hidden, n_layers=n_layers, dropout_rate=0.0, use_batch_norm=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Score in (0, 1) for each cell."""
+        """Score in (0, 1) for each cell (``x`` dense or sparse CSR)."""
         return torch.sigmoid(self.mlp(x)).squeeze(-1)

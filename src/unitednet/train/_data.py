@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from scipy import sparse
 from scvi.data import AnnDataManager
-from scvi.dataloaders import AnnDataLoader
 
 from unitednet._constants import REGISTRY_KEYS, modality_key
 from unitednet.module._module import UNLABELLED, presence_key
+from unitednet.nn._base import csr_tensor
 
 
 def stratified_split(
@@ -60,6 +60,149 @@ def stratified_split(
         test.append(idx[n_val : n_val + n_test])
         train.append(idx[n_val + n_test :])
     return tuple(np.sort(np.concatenate(part)).astype(int) for part in (train, val, test))
+
+
+def sparse_rows_tensor(block) -> torch.Tensor:
+    """A torch sparse CSR float32 tensor from a scipy sparse matrix (its arrays are shared, not copied, when possible)."""
+    block = block.tocsr()
+    if not block.has_sorted_indices:
+        block = block.sorted_indices()
+    return csr_tensor(
+        torch.from_numpy(block.indptr.astype(np.int64, copy=False)),
+        torch.from_numpy(block.indices.astype(np.int64, copy=False)),
+        torch.from_numpy(block.data.astype(np.float32, copy=False)),
+        block.shape,
+    )
+
+
+def read_rows(matrix, rows: np.ndarray):
+    """Rows of an in-memory (numpy, scipy) or on-disk (h5py, AnnData-backed sparse) matrix, in the order given.
+
+    On-disk matrices are read at increasing row indices (as h5py requires) and the block is put back in order, so a
+    backed matrix gives the same rows as the same matrix in memory; only the rows asked for are read.
+    """
+    if isinstance(matrix, np.ndarray) or sparse.issparse(matrix):
+        return matrix[rows]
+    rows = np.asarray(rows)
+    order = np.argsort(rows, kind="stable")
+    block = matrix[rows[order]]
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return block[inverse]
+
+
+def rows_tensor(matrix, rows: np.ndarray, keep_sparse: bool = True) -> torch.Tensor:
+    """Rows of a dense or sparse matrix as a float32 tensor: sparse CSR for sparse matrices (``keep_sparse``), else dense.
+
+    ``matrix`` may be backed on disk (see :func:`read_rows`): only the rows are read.
+    """
+    block = read_rows(matrix, rows)
+    if sparse.issparse(block):
+        if keep_sparse:
+            return sparse_rows_tensor(block)
+        block = block.toarray()
+    return torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
+
+
+class RegisteredCellLoader:
+    """Minibatches of registered cells, read straight from the matrices and columns the manager registered.
+
+    Each batch is a dict with one entry per registry key: a float32 tensor per modality (a sparse CSR tensor for a
+    sparse matrix, so that the first layers read its non-zeros only and nothing wider than the matrix's rows is
+    made), and ``(cells, 1)`` int64 (categorical) or float32 columns for the other fields.
+
+    Random orders are drawn from torch's global generator exactly as :class:`scvi.dataloaders.AnnDataLoader` (a
+    torch ``DataLoader`` over a ``BatchSampler(RandomSampler)``) drew them, so a seed gives the same batches as
+    before this loader replaced it.
+
+    In distributed training (``distributed=True`` and an initialised :mod:`torch.distributed` process group of
+    ``W`` processes) every process reads its share of each batch: the order drawn by process 0 is broadcast, each
+    batch of ``batch_size`` cells is dealt to the processes in turn (``rows[rank::W]``), and a last batch with fewer
+    than two cells per process is left out. The averaged gradients of the processes then stand for those of the
+    whole batch.
+
+    Parameters
+    ----------
+    adata_manager
+        Manager of the registered MuData.
+    indices
+        Cells (rows of the registered data) to iterate over.
+    batch_size
+        Minibatch size.
+    shuffle
+        Draw a new order each pass; otherwise the order of ``indices``.
+    drop_last
+        Leave out the last, incomplete batch.
+    distributed
+        Share each batch among the processes of an initialised process group (see above).
+    """
+
+    def __init__(
+        self,
+        adata_manager: AnnDataManager,
+        indices: Sequence[int],
+        batch_size: int,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        distributed: bool = False,
+    ):
+        self.data = {key: adata_manager.get_from_registry(key) for key in adata_manager.data_registry}
+        self.indices = np.asarray(indices, dtype=int)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.distributed = distributed
+
+    @property
+    def _world(self) -> tuple[int, int]:
+        """``(rank, number of processes)`` of the process group shared by the batches; ``(0, 1)`` without one."""
+        dist = torch.distributed
+        if self.distributed and dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        n_batches = n // self.batch_size if self.drop_last else int(np.ceil(n / self.batch_size))
+        world = self._world[1]
+        if world > 1 and n_batches and n - (n_batches - 1) * self.batch_size < 2 * world:
+            n_batches -= 1  # a last batch too small to give every process two cells
+        return n_batches
+
+    def _order(self) -> np.ndarray:
+        torch.empty((), dtype=torch.int64).random_()  # the DataLoader iterator's base seed
+        if not self.shuffle:
+            return np.arange(len(self.indices))
+        seed = int(torch.empty((), dtype=torch.int64).random_().item())  # the RandomSampler's seed
+        generator = torch.Generator()
+        generator.manual_seed(seed)
+        return torch.randperm(len(self.indices), generator=generator).numpy()
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        order = self._order()
+        rank, world = self._world
+        if world > 1:  # every process uses the order of process 0
+            nccl = torch.distributed.get_backend() == "nccl"  # NCCL broadcasts GPU tensors only
+            device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+            shared = torch.as_tensor(order, dtype=torch.int64, device=device)
+            torch.distributed.broadcast(shared, src=0)
+            order = shared.cpu().numpy()
+        for k in range(len(self)):
+            rows = self.indices[order[k * self.batch_size : (k + 1) * self.batch_size]]
+            yield self.collate(rows[rank::world])
+
+    def collate(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        """The batch of the given rows of the registered data."""
+        out = {}
+        for key, data in self.data.items():
+            if key.startswith(REGISTRY_KEYS.MODALITY_PREFIX):
+                out[key] = rows_tensor(data, rows)
+                continue
+            column = np.asarray(data[rows] if isinstance(data, np.ndarray) else data.iloc[rows])
+            column = column.reshape(len(rows), -1)
+            integer = np.issubdtype(column.dtype, np.integer) or np.issubdtype(column.dtype, np.bool_)
+            out[key] = torch.from_numpy(column.astype(np.int64 if integer else np.float32))
+        return out
 
 
 class _ObjectiveCycle:
@@ -119,15 +262,20 @@ class UnitedNetDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> _ObjectiveCycle:
         # batch norm needs >= 2 cells: drop a last batch of a single cell
         drop_last = self.n_train % self.batch_size == 1
-        loader = AnnDataLoader(
-            self.adata_manager, indices=self.train_idx, batch_size=self.batch_size, shuffle=True, drop_last=drop_last
+        loader = RegisteredCellLoader(
+            self.adata_manager,
+            self.train_idx,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=drop_last,
+            distributed=True,
         )
         return _ObjectiveCycle(loader, self.n_objectives)
 
-    def val_dataloader(self) -> AnnDataLoader | list:
+    def val_dataloader(self) -> RegisteredCellLoader | list:
         if self.n_val == 0:
             return []
-        return AnnDataLoader(self.adata_manager, indices=self.val_idx, batch_size=self.batch_size, shuffle=False)
+        return RegisteredCellLoader(self.adata_manager, self.val_idx, batch_size=self.batch_size, shuffle=False)
 
 
 @dataclass

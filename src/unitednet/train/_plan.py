@@ -14,6 +14,12 @@ from unitednet.module import UnitedNetModule
 _SELECTION_TERMS = ("classification", "ddc", "self_entropy", "reconstruction", "translation")
 
 
+def _fused_adam(params: Sequence[torch.nn.Parameter]) -> bool | None:
+    """``True`` when torch has a fused Adam for the parameters' device (CPU and CUDA), else ``None`` (its default)."""
+    devices = {p.device.type for p in params}
+    return True if devices and devices <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params) else None
+
+
 class UnitedNetTrainingPlan(pl.LightningModule):
     """Lightning plan for UnitedNet: alternating objectives, one optimizer each, manual optimisation.
 
@@ -82,9 +88,14 @@ class UnitedNetTrainingPlan(pl.LightningModule):
         self.best_epoch: int | None = None
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        """One Adam optimizer per objective (plus one for the discriminators), each over its own parameters."""
+        """One Adam optimizer per objective (plus one for the discriminators), each over its own parameters.
+
+        The fused implementation (one kernel over all parameters) is used where torch has it for the device.
+        """
         return [
-            torch.optim.Adam(self._groups[name], lr=self.lr, weight_decay=self.weight_decay)
+            torch.optim.Adam(
+                self._groups[name], lr=self.lr, weight_decay=self.weight_decay, fused=_fused_adam(self._groups[name])
+            )
             for name in self._optimizer_names
         ]
 
@@ -105,7 +116,8 @@ class UnitedNetTrainingPlan(pl.LightningModule):
         objective_idx, tensors = batch
         objective = self.objectives[objective_idx]
         optimizers = self._optimizer_map()
-        inference_outputs, generative_outputs = self.module.forward_all(tensors)
+        # the classification loss reads the latents only: the decoders are not run for it
+        inference_outputs, generative_outputs = self.module.forward_all(tensors, decode=objective != "classification")
         out = self.module.loss(tensors, inference_outputs, generative_outputs, objective=objective)
         if not out.loss.requires_grad:
             return  # nothing to learn from this batch (classification on a batch without labelled cells)
@@ -182,6 +194,9 @@ class UnitedNetTrainingPlan(pl.LightningModule):
         heads = self.module.heads
         loader = self.trainer.datamodule.train_dataloader()
         loader = getattr(loader, "loader", loader)  # the objective cycle wraps one pass over the training cells
+        if getattr(loader, "distributed", False):  # every process clusters all training cells, not its share
+            loader = copy.copy(loader)
+            loader.distributed = False
         was_training = self.module.training
         self.module.eval()
         try:
@@ -198,6 +213,10 @@ class UnitedNetTrainingPlan(pl.LightningModule):
             seed = int(torch.randint(0, 2**31 - 1, ()).item())
             kmeans = KMeans(n_clusters=n_groups, n_init=10, random_state=seed).fit(x.cpu().numpy())
             heads.set_group_directions(h, torch.as_tensor(kmeans.cluster_centers_))
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():  # the processes keep the same heads: those of process 0
+            for weight in heads.weights:
+                dist.broadcast(weight.data, src=0)
         self._optimizer_map()["clustering"].state.clear()
         self.best_validation_loss = float("inf")
         self.best_state = None
