@@ -351,7 +351,7 @@ def storage_formats(ctx):
 @case(
     "Set-up",
     "a MuData read in backed mode (`read_h5mu(path, backed=True)`)",
-    "trains and infers from the file: the same split and statistics as in memory, the same outputs for one model",
+    "trains and infers reading each batch's rows from the file: the same model and outputs as in memory",
 )
 def backed_mudata(ctx):
     path = ctx.tmp_path / "data.h5mu"
@@ -360,19 +360,16 @@ def backed_mudata(ctx):
     reference = ctx.fit(in_memory)
     backed = md.read_h5mu(path, backed=True)
     model = ctx.fit(backed)
+    assert all(backed.mod[m].isbacked for m in model.modalities)
     np.testing.assert_array_equal(model.split_, reference.split_)
-    for m in model.modalities:
-        torch.testing.assert_close(model.module.standardizers[m].loc, reference.module.standardizers[m].loc)
-    # batches of a backed file are read in sorted cell order, so the trained weights differ as with another
-    # shuffle; one model gives the same outputs whether it reads the file or memory
     latent = model.get_latent_representation()
-    assert np.isfinite(latent).all()
+    np.testing.assert_allclose(latent, reference.get_latent_representation(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(latent, model.get_latent_representation(in_memory), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(
         model.predict_modality(source="atac", target="rna"),
-        model.predict_modality(in_memory, source="atac", target="rna"),
-        rtol=1e-6,
-        atol=1e-7,
+        reference.predict_modality(source="atac", target="rna"),
+        rtol=1e-4,
+        atol=1e-5,
     )
 
 
