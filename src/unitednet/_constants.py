@@ -49,7 +49,9 @@ DEFAULT_LOSS_WEIGHTS = {
 }
 """The published defaults: 1 for every loss except the adversarial and clustering terms (0.1)."""
 
-Likelihood = Literal["gaussian", "bernoulli"]
+Likelihood = Literal["gaussian", "bernoulli", "nb"]
+LIKELIHOODS: tuple[str, ...] = ("gaussian", "bernoulli", "nb")
+"""Likelihoods a modality can have: gaussian (continuous), bernoulli (binary), nb (raw counts, negative binomial)."""
 Task = Literal["supervised", "unsupervised", "translation"]
 Objective = Literal["translation", "classification", "clustering"]
 

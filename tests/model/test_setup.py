@@ -150,7 +150,9 @@ def test_non_binary_data_declared_bernoulli(mdata):
 
 
 def test_unknown_likelihood(mdata):
-    with pytest.raises(ValueError, match="Likelihood of 'rna' must be 'bernoulli' or 'gaussian', got 'poisson'"):
+    with pytest.raises(
+        ValueError, match=r"Likelihood of 'rna' must be one of \['gaussian', 'bernoulli', 'nb'\], got 'poisson'"
+    ):
         UnitedNetModel.setup_mudata(mdata, likelihoods={"rna": "poisson"})
 
 

@@ -36,7 +36,7 @@ from unitednet.train import (
     stratified_split,
 )
 
-from ._validation import check_finite, check_modalities, check_mudata, is_binary
+from ._validation import check_finite, check_modalities, check_mudata, resolve_likelihood
 
 logger = logging.getLogger(__name__)
 
@@ -199,8 +199,15 @@ class UnitedNetModel(BaseModelClass):
         layers
             Layer to read per modality (``None`` or a missing entry: ``.X``).
         likelihoods
-            ``"bernoulli"`` (binary data, sigmoid output, BCE loss) or ``"gaussian"`` (identity output, MSE loss) per
-            modality. Missing entries are inferred: bernoulli when every value is 0 or 1, gaussian otherwise.
+            Per modality: ``"bernoulli"`` (binary data, sigmoid output, BCE loss), ``"gaussian"`` (continuous data
+            such as normalised expression, electrophysiology or morphology; identity output, MSE loss on
+            standardised values) or ``"nb"`` (raw counts such as RNA or ADT counts; the encoder reads ``log1p`` of
+            the counts, the decoder outputs the log expected counts, negative-binomial loss with a learned
+            dispersion per feature). Missing entries are inferred: bernoulli when every value is 0 or 1, gaussian
+            otherwise. ``"nb"`` is never inferred (it would change how existing count data are modelled); when a
+            non-binary modality holds only non-negative integers an INFO message suggests it. A declared ``"nb"``
+            needs non-negative integers and a declared ``"bernoulli"`` values in {0, 1}; otherwise a ValueError
+            names the modality and the fix.
         labels_key
             Column of ``mdata.obs`` with cell labels (needed for supervised training and to stratify splits).
         batch_key
@@ -240,18 +247,7 @@ class UnitedNetModel(BaseModelClass):
             X = adata.X if layer is None else adata.layers[layer]
             where = f"Modality {m!r} ({'X' if layer is None else 'layer ' + repr(layer)})"
             check_finite(X, where)
-            lik = likelihoods.get(m)
-            if lik is None:
-                lik = "bernoulli" if is_binary(X) else "gaussian"
-            elif lik not in ("bernoulli", "gaussian"):
-                raise ValueError(f"Likelihood of {m!r} must be 'bernoulli' or 'gaussian', got {lik!r}.")
-            elif lik == "bernoulli" and not is_binary(X):
-                raise ValueError(
-                    f"{where} is declared 'bernoulli' but holds values other than 0 and 1. Binarise it first "
-                    f"(e.g. `mdata.mod['{m}'].layers['binary'] = (X > 0).astype('float32')` and layers="
-                    f"{{'{m}': 'binary'}}) or use likelihoods={{'{m}': 'gaussian'}}."
-                )
-            resolved[m] = lik
+            resolved[m] = resolve_likelihood(X, likelihoods.get(m), m, where)
         for key, name in ((labels_key, "labels_key"), (batch_key, "batch_key")):
             if key is None:
                 continue

@@ -11,7 +11,7 @@ from torch import nn
 from unitednet._constants import DEFAULT_LOSS_WEIGHTS, OBJECTIVE_LOSSES, REGISTRY_KEYS, modality_key
 from unitednet.nn import MLP, Discriminator, GroupHeads, ModalityFusion
 
-from ._losses import contrastive_loss, ddc_loss, lsgan_loss, reconstruction_error, self_entropy_loss
+from ._losses import MAX_LOG_MEAN, contrastive_loss, ddc_loss, lsgan_loss, reconstruction_error, self_entropy_loss
 
 PRESENCE_PREFIX = "present_"
 UNLABELLED = -1
@@ -51,7 +51,12 @@ class UnitedNetModule(BaseModuleClass):
     n_features
         Number of features of each modality, keyed by modality name (the order defines the modality order).
     likelihoods
-        ``"gaussian"`` or ``"bernoulli"`` per modality.
+        ``"gaussian"``, ``"bernoulli"`` or ``"nb"`` per modality. A gaussian modality's networks read standardised
+        values and its decoder outputs them (MSE loss); a bernoulli decoder outputs logits (BCE loss). An ``"nb"``
+        (negative binomial, raw counts) encoder reads ``log1p`` of the counts; its decoder outputs the log of the
+        expected counts, ``log mu``, directly (no library-size factor, so a translation needs no measurement of the
+        target); the loss is the negative-binomial negative log-likelihood with a learned inverse dispersion per
+        feature (:attr:`log_theta`).
     n_groups
         Number of groups of the group heads; 0 builds no heads (translation only).
     n_latent
@@ -120,6 +125,10 @@ class UnitedNetModule(BaseModuleClass):
             {m: Discriminator(n, n_hidden=min(n_hidden, 64)) for m, n in n_features.items()}
         )
         self.standardizers = nn.ModuleDict({m: _Standardizer(n) for m, n in n_features.items()})
+        # per-feature log inverse dispersion of each negative-binomial modality (updated with the decoders)
+        self.log_theta = nn.ParameterDict(
+            {m: nn.Parameter(torch.zeros(n)) for m, n in n_features.items() if self.likelihoods[m] == "nb"}
+        )
         self.fusion = ModalityFusion(self.modalities, n_latent, mode=fusion)
         self.latent_projector = (
             MLP(n_latent, n_latent, n_hidden=n_hidden, n_layers=1, dropout_rate=0.0, use_batch_norm=False)
@@ -136,7 +145,7 @@ class UnitedNetModule(BaseModuleClass):
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters updated by each objective's optimizer."""
         enc = list(self.encoders.parameters())
-        dec = list(self.decoders.parameters())
+        dec = list(self.decoders.parameters()) + list(self.log_theta.parameters())
         heads = list(self.heads.parameters()) if self.heads is not None else []
         fusion = list(self.fusion.parameters())
         return {
@@ -162,14 +171,33 @@ class UnitedNetModule(BaseModuleClass):
         return {"z": inference_outputs["z"]}
 
     def standardize(self, modality: str, x: torch.Tensor) -> torch.Tensor:
-        """Input of a modality in the space the networks work in (standardised for gaussian modalities)."""
-        return self.standardizers[modality](x.float()) if self.likelihoods[modality] == "gaussian" else x.float()
+        """Input of a modality in the space the networks work in.
+
+        Standardised values for gaussian modalities, ``log1p`` of the counts for nb modalities, the data for
+        bernoulli modalities.
+        """
+        likelihood = self.likelihoods[modality]
+        if likelihood == "gaussian":
+            return self.standardizers[modality](x.float())
+        if likelihood == "nb":
+            return torch.log1p(x.float())
+        return x.float()
 
     def to_data_space(self, modality: str, out: torch.Tensor) -> torch.Tensor:
-        """Decoder output in the modality's original units: probabilities for bernoulli, de-standardised values else."""
-        if self.likelihoods[modality] == "bernoulli":
+        """Decoder output in the modality's original units.
+
+        Probabilities for bernoulli, expected counts ``exp(out)`` for nb, de-standardised values for gaussian.
+        """
+        likelihood = self.likelihoods[modality]
+        if likelihood == "bernoulli":
             return torch.sigmoid(out)
+        if likelihood == "nb":
+            return torch.exp(out.clamp(max=MAX_LOG_MEAN))
         return self.standardizers[modality].inverse(out)
+
+    def reconstruction_error(self, modality: str, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Error of a decoder output of ``modality`` against its loss target (see :meth:`_target`)."""
+        return reconstruction_error(out, target, self.likelihoods[modality], self.log_theta.get(modality))
 
     # ------------------------------------------------------------------ cells with a subset of the modalities
     def presence(self, present: Mapping[str, torch.Tensor], modalities, n_obs: int) -> dict[str, torch.Tensor]:
@@ -263,6 +291,13 @@ class UnitedNetModule(BaseModuleClass):
         x = self.standardize(modality, tensors[modality_key(modality)])
         return x if present is None else x[present[modality]]
 
+    def _target(self, tensors, modality: str, present: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
+        """What the decoders of a modality are scored against: the raw counts for nb, else :meth:`_observed`."""
+        if self.likelihoods[modality] != "nb":
+            return self._observed(tensors, modality, present)
+        x = tensors[modality_key(modality)].float()
+        return x if present is None else x[present[modality]]
+
     def _batch_presence(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
         """Presence used by :meth:`inference` for this batch (``None`` when the batch has no presence flags)."""
         inputs = self._get_inference_input(tensors)
@@ -290,7 +325,13 @@ class UnitedNetModule(BaseModuleClass):
         return torch.stack(terms).mean()
 
     def _discriminator_input(self, modality: str, out: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(out) if self.likelihoods[modality] == "bernoulli" else out
+        """A decoder output in the space of the discriminator's real inputs (:meth:`_observed`)."""
+        likelihood = self.likelihoods[modality]
+        if likelihood == "bernoulli":
+            return torch.sigmoid(out)
+        if likelihood == "nb":
+            return F.softplus(out.clamp(max=MAX_LOG_MEAN))  # log1p(exp(log mu)) = log1p(mu), as log1p of real counts
+        return out
 
     def _translation_terms(self, tensors, inference_outputs, generative_outputs) -> dict[str, torch.Tensor]:
         """Reconstruction, translation, generator and contrastive terms.
@@ -302,23 +343,23 @@ class UnitedNetModule(BaseModuleClass):
         z = inference_outputs["z"]
         present = inference_outputs.get("present")
         mods = [m for m in self.modalities if m in z]
-        x = {m: self._observed(tensors, m, present) for m in mods}
+        x = {m: self._target(tensors, m, present) for m in mods}
         x_hat = generative_outputs["x_hat"]
-        recon = [reconstruction_error(x_hat[m][m], x[m], self.likelihoods[m]) for m in mods]
+        recon = [self.reconstruction_error(m, x_hat[m][m], x[m]) for m in mods]
         trans = []
         for t in mods:
             for s in mods:
                 if s == t:
                     continue
                 if present is None:
-                    trans.append(reconstruction_error(x_hat[t][s], x[t], self.likelihoods[t]))
+                    trans.append(self.reconstruction_error(t, x_hat[t][s], x[t]))
                     continue
                 both = present[s] & present[t]
                 if not bool(both.any()):
                     continue
                 # rows of the s-cells (x_hat[t][s]) and of the t-cells (x[t]) that hold both modalities
                 pred = x_hat[t][s][both[present[s]]]
-                trans.append(reconstruction_error(pred, x[t][both[present[t]]], self.likelihoods[t]))
+                trans.append(self.reconstruction_error(t, pred, x[t][both[present[t]]]))
         gen = [lsgan_loss(self.discriminators[m](self._discriminator_input(m, x_hat[m][m])), 1.0) for m in mods]
         zero = recon[0].new_zeros(())
         contrast = []
@@ -412,7 +453,7 @@ class UnitedNetModule(BaseModuleClass):
                 present = inference_outputs.get("present")
                 terms["reconstruction"] = torch.stack(
                     [
-                        reconstruction_error(x_hat[m][m], self._observed(tensors, m, present), self.likelihoods[m])
+                        self.reconstruction_error(m, x_hat[m][m], self._target(tensors, m, present))
                         for m in self.modalities
                         if m in inference_outputs["z"]
                     ]
