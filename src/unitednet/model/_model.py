@@ -91,6 +91,16 @@ class UnitedNetModel(BaseModelClass):
     clustering_updates_encoders
         Let the DDC clustering losses of the unsupervised task update the encoders too, not only fusion and heads
         (the published design). On Patch-seq, with ``n_heads=5``, this clustered the training cells better.
+    loss_weighting
+        Weighting of the translation objective's ``reconstruction``, ``translation`` and ``contrastive`` terms, on top
+        of ``loss_weights``: ``"fixed"`` (``loss_weights`` only, the published behaviour), ``"uncertainty"`` (a
+        learned log-variance per term, Kendall et al. 2018) or ``"gradnorm"`` (factors learned by GradNorm, Chen et
+        al. 2018, on the gradient norms at the encoders' last layers). Other terms keep their fixed weights. Unless
+        ``"fixed"``, the effective weights per epoch are in :attr:`history` (``weight_<term>``) and drawn by
+        :func:`unitednet.pl.history`. See :class:`~unitednet.module.LossBalancer`.
+    gradnorm_alpha
+        GradNorm's asymmetry (``loss_weighting="gradnorm"`` only): 0 equalises the terms' gradient norms, larger
+        values give more weight to the terms whose loss has decreased least.
 
     Examples
     --------
@@ -121,6 +131,8 @@ class UnitedNetModel(BaseModelClass):
         contrastive_temperature: float = 0.1,
         use_latent_projector: bool = True,
         clustering_updates_encoders: bool = False,
+        loss_weighting: Literal["fixed", "uncertainty", "gradnorm"] = "fixed",
+        gradnorm_alpha: float = 1.5,
     ):
         super().__init__(mdata)
         for name, value in {"n_latent": n_latent, "n_hidden": n_hidden, "n_heads": n_heads}.items():
@@ -156,6 +168,8 @@ class UnitedNetModel(BaseModelClass):
             contrastive_temperature=contrastive_temperature,
             use_latent_projector=use_latent_projector,
             clustering_updates_encoders=clustering_updates_encoders,
+            loss_weighting=loss_weighting,
+            gradnorm_alpha=gradnorm_alpha,
         )
         self.task_: str | None = None
         self.split_: np.ndarray | None = None

@@ -12,6 +12,7 @@ from unitednet._constants import DEFAULT_LOSS_WEIGHTS, OBJECTIVE_LOSSES, REGISTR
 from unitednet.nn import MLP, Discriminator, GroupHeads, ModalityFusion
 
 from ._losses import MAX_LOG_MEAN, contrastive_loss, ddc_loss, lsgan_loss, reconstruction_error, self_entropy_loss
+from ._weighting import LossBalancer, LossWeighting
 
 PRESENCE_PREFIX = "present_"
 UNLABELLED = -1
@@ -83,6 +84,13 @@ class UnitedNetModule(BaseModuleClass):
         Whether the contrastive loss acts on a projection of the latents rather than the latents themselves.
     clustering_updates_encoders
         Let the DDC clustering losses update the encoders too (by default they update fusion and heads only).
+    loss_weighting
+        How the translation objective's reconstruction, translation and contrastive terms are weighted (see
+        :class:`~unitednet.module.LossBalancer`): ``"fixed"`` (``loss_weights`` only), ``"uncertainty"`` (learned
+        log-variances, Kendall et al. 2018) or ``"gradnorm"`` (Chen et al. 2018). The other terms and objectives keep
+        their fixed weights.
+    gradnorm_alpha
+        Asymmetry of GradNorm.
     """
 
     def __init__(
@@ -102,6 +110,8 @@ class UnitedNetModule(BaseModuleClass):
         ddc_rel_sigma: float = 0.15,
         use_latent_projector: bool = True,
         clustering_updates_encoders: bool = False,
+        loss_weighting: LossWeighting = "fixed",
+        gradnorm_alpha: float = 1.5,
     ):
         super().__init__()
         self.modalities = list(n_features)
@@ -138,6 +148,10 @@ class UnitedNetModule(BaseModuleClass):
         self.heads = (
             GroupHeads(n_latent, n_groups, n_heads, n_hidden, dropout_rate, use_batch_norm) if n_groups > 0 else None
         )
+        # the terms balanced by loss_weighting: those of the translation objective that measure a task (not the
+        # adversarial generator term); translation and contrastive exist only with two or more modalities
+        balanced = ["reconstruction"] + (["translation", "contrastive"] if len(self.modalities) > 1 else [])
+        self.loss_balancer = LossBalancer(loss_weighting, balanced, alpha=gradnorm_alpha)
         self.register_buffer("class_weights", torch.ones(max(n_groups, 1)))
         self.register_buffer("best_head", torch.zeros((), dtype=torch.long))
 
@@ -148,12 +162,37 @@ class UnitedNetModule(BaseModuleClass):
         dec = list(self.decoders.parameters()) + list(self.log_theta.parameters())
         heads = list(self.heads.parameters()) if self.heads is not None else []
         fusion = list(self.fusion.parameters())
-        return {
-            "translation": enc + dec + list(self.latent_projector.parameters()),
+        groups = {
+            "translation": enc
+            + dec
+            + list(self.latent_projector.parameters())
+            + self.loss_balancer.parameters_for_objective(),
             "discriminator": list(self.discriminators.parameters()),
             "classification": enc + fusion + heads,
             "clustering": enc + dec + fusion + heads,
         }
+        balancer = self.loss_balancer.parameters_for_balancer()
+        if balancer:
+            groups["loss_balancer"] = balancer
+        return groups
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters shared by every translation term: the last linear layer of each encoder (GradNorm's ``W``)."""
+        out = []
+        for encoder in self.encoders.values():
+            out += list([m for m in encoder.modules() if isinstance(m, nn.Linear)][-1].parameters())
+        return out
+
+    def effective_weights(self) -> dict[str, float]:
+        """Effective weight of each balanced term: its fixed weight times the learned factor."""
+        factors = self.loss_balancer.factor_values().tolist()
+        return {k: self.loss_weights[k] * f for k, f in zip(self.loss_balancer.terms, factors, strict=True)}
+
+    def gradnorm_loss(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """GradNorm loss of the balancer's factors from the (graph-attached) terms of a translation step."""
+        balancer = self.loss_balancer
+        weighted = {k: self.loss_weights[k] * terms[k] for k in balancer.terms if k in terms}
+        return balancer.gradnorm_loss(weighted, self.shared_parameters())
 
     def set_standardization(self, modality: str, loc: torch.Tensor, scale: torch.Tensor) -> None:
         """Set the per-feature centring and scaling of a gaussian modality (from training cells only)."""
@@ -459,9 +498,15 @@ class UnitedNetModule(BaseModuleClass):
                     ]
                 ).mean()
         # no term at all (a classification batch without labelled cells): a zero loss without gradient
+        balanced = set(self.loss_balancer.terms) if objective == "translation" else set()
         total = sum(
-            (self.loss_weights[k] * v for k, v in terms.items()), start=inference_outputs["z_fused"].new_zeros(())
+            (self.loss_weights[k] * v for k, v in terms.items() if k not in balanced),
+            start=inference_outputs["z_fused"].new_zeros(()),
         )
+        if balanced:
+            total = total + self.loss_balancer.combine(
+                {k: self.loss_weights[k] * v for k, v in terms.items() if k in balanced}
+            )
         extra = dict(terms)
         if head_losses is not None:
             extra["head_losses"] = head_losses
