@@ -66,7 +66,18 @@ class UnitedNetModel(BaseModelClass):
         Batch normalisation in hidden layers. For a model whose SHAP relevance (:func:`unitednet.tl.feature_relevance`)
         is the point, consider ``False``: on Patch-seq, a model trained with it ranks each major class's marker gene
         in the top 10 of 1,252 genes, while with batch normalisation ``Sst`` ranks 17th to 43rd (at similar accuracy;
-        ``benchmarks/explain.py``).
+        ``benchmarks/explain.py``). Kept as an alias of ``norm`` (used when ``norm`` is not given).
+    norm
+        Normalisation of the hidden layers of encoders, decoders and head projectors: ``"batch"``, ``"layer"`` or
+        ``"none"``; overrides ``use_batch_norm`` (``norm="batch"`` with ``use_batch_norm=False`` is an error).
+        Default (``None``): ``"batch"`` if ``use_batch_norm`` else ``"none"``, i.e. unchanged. Layer normalisation
+        is not linear at inference, so SHAP's DeepExplainer (``method="deep"`` of :func:`unitednet.tl.feature_relevance`
+        and :func:`unitednet.tl.cross_modal_relevance`) refuses such models; use ``method="gradient"`` for them.
+    encoder
+        ``"mlp"``: deterministic MLP encoders (default); ``"variational"``: Gaussian posterior per modality with a KL
+        term to the standard normal prior in the translation objective (weight ``loss_weights["kl"]``, default
+        0.01), a posterior sample in training and the posterior mean for every prediction; ``"residual"``: MLP
+        encoders with residual hidden blocks. Decoders stay MLPs.
     fusion
         ``"modality"``: one fusion weight per modality; ``"feature"``: one per modality and latent dimension.
     n_heads
@@ -76,8 +87,9 @@ class UnitedNetModel(BaseModelClass):
         (translation only). Set it for unsupervised group identification.
     loss_weights
         Weights of the loss terms, keyed by name (``classification``, ``ddc``, ``self_entropy``, ``reconstruction``,
-        ``translation``, ``generator``, ``discriminator``, ``contrastive``); omitted terms keep the published
-        defaults (1, except 0.1 for ``ddc``, ``self_entropy``, ``generator`` and ``discriminator``). For
+        ``translation``, ``generator``, ``discriminator``, ``contrastive``, ``kl``); omitted terms keep the published
+        defaults (1, except 0.1 for ``ddc``, ``self_entropy``, ``generator`` and ``discriminator``; ``kl``, used by
+        variational encoders only, 0.01). For
         unsupervised group identification a larger ``ddc`` weight can help: on Patch-seq (5 heads) a weight of 1 to
         10 clustered the training cells better than 0.1.
     standardize
@@ -123,6 +135,8 @@ class UnitedNetModel(BaseModelClass):
         n_layers: int = 2,
         dropout_rate: float = 0.3,
         use_batch_norm: bool = True,
+        norm: Literal["batch", "layer", "none"] | None = None,
+        encoder: Literal["mlp", "variational", "residual"] = "mlp",
         fusion: Literal["modality", "feature"] = "modality",
         n_heads: int = 1,
         n_groups: int | None = None,
@@ -162,6 +176,8 @@ class UnitedNetModel(BaseModelClass):
             n_layers=n_layers,
             dropout_rate=dropout_rate,
             use_batch_norm=use_batch_norm,
+            norm=norm,
+            encoder=encoder,
             fusion=fusion,
             n_heads=n_heads,
             loss_weights=loss_weights,

@@ -9,7 +9,8 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
 from unitednet._constants import DEFAULT_LOSS_WEIGHTS, OBJECTIVE_LOSSES, REGISTRY_KEYS, modality_key
-from unitednet.nn import MLP, Discriminator, GroupHeads, ModalityFusion
+from unitednet.nn import MLP, Discriminator, GroupHeads, ModalityFusion, VariationalEncoder, make_encoder
+from unitednet.nn._base import Encoder, Norm, resolve_norm
 
 from ._losses import MAX_LOG_MEAN, contrastive_loss, ddc_loss, lsgan_loss, reconstruction_error, self_entropy_loss
 from ._weighting import LossBalancer, LossWeighting
@@ -69,7 +70,14 @@ class UnitedNetModule(BaseModuleClass):
     dropout_rate
         Dropout of encoders, decoders and projectors.
     use_batch_norm
-        Batch normalisation in hidden layers.
+        Batch normalisation in hidden layers (when ``norm`` is not given; kept as an alias of ``norm``).
+    norm
+        Normalisation of the hidden layers of encoders, decoders and head projectors: ``"batch"``, ``"layer"`` or
+        ``"none"``. Default: ``"batch"`` if ``use_batch_norm`` else ``"none"``.
+    encoder
+        ``"mlp"`` (deterministic :class:`~unitednet.nn.MLP`), ``"variational"`` (Gaussian posterior,
+        :class:`~unitednet.nn.VariationalEncoder`: a sample in training, the mean at inference, plus a ``kl`` term
+        in the translation objective) or ``"residual"`` (:class:`~unitednet.nn.ResidualMLP`).
     fusion
         ``"modality"`` (one weight per modality) or ``"feature"`` (one weight per modality and latent dimension).
     n_heads
@@ -103,6 +111,8 @@ class UnitedNetModule(BaseModuleClass):
         n_layers: int = 2,
         dropout_rate: float = 0.3,
         use_batch_norm: bool = True,
+        norm: Norm | None = None,
+        encoder: Encoder = "mlp",
         fusion: Literal["modality", "feature"] = "modality",
         n_heads: int = 1,
         loss_weights: Mapping[str, float] | None = None,
@@ -123,13 +133,10 @@ class UnitedNetModule(BaseModuleClass):
         self.clustering_updates_encoders = clustering_updates_encoders
         # set by the model for each training run: whether the heads' predicted groups define contrastive negatives
         self.contrastive_group_negatives = n_groups > 0
-        mlp = {
-            "n_hidden": n_hidden,
-            "n_layers": n_layers,
-            "dropout_rate": dropout_rate,
-            "use_batch_norm": use_batch_norm,
-        }
-        self.encoders = nn.ModuleDict({m: MLP(n, n_latent, **mlp) for m, n in n_features.items()})
+        self.norm = resolve_norm(norm, use_batch_norm)
+        self.encoder_kind = encoder
+        mlp = {"n_hidden": n_hidden, "n_layers": n_layers, "dropout_rate": dropout_rate, "norm": self.norm}
+        self.encoders = nn.ModuleDict({m: make_encoder(encoder, n, n_latent, **mlp) for m, n in n_features.items()})
         self.decoders = nn.ModuleDict({m: MLP(n_latent, n, **mlp) for m, n in n_features.items()})
         self.discriminators = nn.ModuleDict(
             {m: Discriminator(n, n_hidden=min(n_hidden, 64)) for m, n in n_features.items()}
@@ -146,7 +153,7 @@ class UnitedNetModule(BaseModuleClass):
             else nn.Identity()
         )
         self.heads = (
-            GroupHeads(n_latent, n_groups, n_heads, n_hidden, dropout_rate, use_batch_norm) if n_groups > 0 else None
+            GroupHeads(n_latent, n_groups, n_heads, n_hidden, dropout_rate, norm=self.norm) if n_groups > 0 else None
         )
         # the terms balanced by loss_weighting: those of the translation objective that measure a task (not the
         # adversarial generator term); translation and contrastive exist only with two or more modalities
@@ -298,21 +305,34 @@ class UnitedNetModule(BaseModuleClass):
         -------
         Dict with ``z`` (latent per modality) and ``z_fused`` (every cell). With ``present``, ``z[m]`` holds only the
         cells where ``m`` is present, ``present`` holds the presence used (see :meth:`presence`) and ``cells`` flags
-        the cells with at least one modality.
+        the cells with at least one modality. With variational encoders, ``kl`` holds per modality the KL divergence
+        of each (present) cell's posterior to the prior; ``z`` is a posterior sample in training mode and the
+        posterior mean in evaluation mode.
         """
         if not x:
             raise ValueError("At least one registered modality is needed to encode cells.")
         if present is None:
-            z = {m: self.encoders[m](self.standardize(m, x[m])) for m in self.modalities if m in x}
-            return {"z": z, "z_fused": self.fuse(z)}
+            z, kl = self._encode({m: x[m] for m in self.modalities if m in x})
+            return {"z": z, "z_fused": self.fuse(z), **kl}
         n_obs = next(iter(x.values())).shape[0]
         mask = self.presence(present, [m for m in self.modalities if m in x], n_obs)
         mask = {m: v.to(x[m].device) for m, v in mask.items()}
         if not mask:
             raise ValueError("No modality is present in this minibatch.")
-        z = {m: self.encoders[m](self.standardize(m, x[m][mask[m]])) for m in mask}
+        z, kl = self._encode({m: x[m][mask[m]] for m in mask})
         cells = torch.stack(list(mask.values())).any(0)
-        return {"z": z, "z_fused": self.fuse(z, mask), "present": mask, "cells": cells}
+        return {"z": z, "z_fused": self.fuse(z, mask), "present": mask, "cells": cells, **kl}
+
+    def _encode(self, x: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+        """Latent per modality, and ``{"kl": {modality: KL per cell}}`` for variational encoders (else empty)."""
+        z, kl = {}, {}
+        for m, xm in x.items():
+            encoder = self.encoders[m]
+            if isinstance(encoder, VariationalEncoder):
+                z[m], _, _, kl[m] = encoder.encode(self.standardize(m, xm))
+            else:
+                z[m] = encoder(self.standardize(m, xm))
+        return z, ({"kl": kl} if kl else {})
 
     @auto_move_data
     def generative(self, z: Mapping[str, torch.Tensor]) -> dict:
@@ -373,7 +393,7 @@ class UnitedNetModule(BaseModuleClass):
         return out
 
     def _translation_terms(self, tensors, inference_outputs, generative_outputs) -> dict[str, torch.Tensor]:
-        """Reconstruction, translation, generator and contrastive terms.
+        """Reconstruction, translation, generator and contrastive terms (and ``kl`` for variational encoders).
 
         With presence flags each term is computed on the cells holding the modalities it compares: reconstruction
         and generator per present modality, translation ``s -> t`` and the contrastive pair ``(a, b)`` on the cells
@@ -424,12 +444,16 @@ class UnitedNetModule(BaseModuleClass):
                             self.contrastive_temperature,
                         )
                     )
-        return {
+        out = {
             "reconstruction": torch.stack(recon).mean(),
             "translation": torch.stack(trans).mean() if trans else zero,
             "generator": torch.stack(gen).mean(),
             "contrastive": torch.stack(contrast).mean() if contrast else zero,
         }
+        if "kl" in inference_outputs:
+            # KL of each modality's posterior to the prior: summed over latent dimensions, mean over cells
+            out["kl"] = torch.stack([inference_outputs["kl"][m].mean() for m in mods]).mean()
+        return out
 
     def _head_terms(self, tensors, inference_outputs, objective: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Loss terms of a head objective and the loss of each head (``None`` when no cell of the batch counts).

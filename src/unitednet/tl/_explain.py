@@ -227,6 +227,18 @@ def _shap_session():
             handlers.pop(name, None)
 
 
+def _check_method(model: UnitedNetModel, method: str) -> None:
+    """Refuse unknown methods, and DeepExplainer on a model with layer normalisation (not linear at inference)."""
+    if method not in ("deep", "gradient"):
+        raise ValueError(f"method must be 'deep' or 'gradient', got {method!r}.")
+    if method == "deep" and any(isinstance(m, nn.LayerNorm) for m in model.module.modules()):
+        raise ValueError(
+            "This model uses layer normalisation (norm='layer'), which divides each cell's hidden layer by its own "
+            "standard deviation: DeepExplainer has no exact rule for it and its attributions would not add up. Pass "
+            "method='gradient' (expected gradients), or explain a model trained with norm='batch' or 'none'."
+        )
+
+
 def _explainer(method: Method, wrapper: nn.Module, background: list[torch.Tensor]):
     import shap
 
@@ -502,7 +514,8 @@ def feature_relevance(
         Reference cells for ``background="sample"``.
     method
         ``"deep"`` (DeepExplainer: DeepLIFT-based, attributions sum to the output minus its expected value) or
-        ``"gradient"`` (GradientExplainer: expected gradients, additive in expectation only).
+        ``"gradient"`` (GradientExplainer: expected gradients, additive in expectation only). Models with layer
+        normalisation (``norm="layer"``) need ``"gradient"``.
     n_top
         Features per group and modality kept in the tidy table.
     key_added
@@ -534,8 +547,7 @@ def feature_relevance(
         raise ValueError(f"output must be one of {list(_OUTPUTS)}, got {output!r}.")
     if background not in _BACKGROUNDS:
         raise ValueError(f"background must be one of {list(_BACKGROUNDS)}, got {background!r}.")
-    if method not in ("deep", "gradient"):
-        raise ValueError(f"method must be 'deep' or 'gradient', got {method!r}.")
+    _check_method(model, method)
     out = _target(model, mdata, copy)
     query = None if out is model.adata else out
     present = model._available(query)
@@ -710,7 +722,7 @@ def cross_modal_relevance(
     n_background
         Reference cells for ``background="sample"``.
     method
-        ``"deep"`` or ``"gradient"``.
+        ``"deep"`` or ``"gradient"`` (``"gradient"`` for models with ``norm="layer"``).
     random_state
         Seed of the sampling.
     chunk_size
@@ -733,6 +745,7 @@ def cross_modal_relevance(
             raise KeyError(f"Unknown modality {m!r}; registered: {model.modalities}.")
     if source == target:
         raise ValueError("source and target must differ (cross-modal relevance).")
+    _check_method(model, method)
     out = _target(model, mdata, copy)
     query = None if out is model.adata else out
     model._resolve_mdata(query, [source])
