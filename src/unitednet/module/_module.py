@@ -146,6 +146,9 @@ class UnitedNetModule(BaseModuleClass):
         self.log_theta = nn.ParameterDict(
             {m: nn.Parameter(torch.zeros(n)) for m, n in n_features.items() if self.likelihoods[m] == "nb"}
         )
+        if self.log_theta:
+            # whether the output biases of the nb decoders were set from the training cells' mean counts
+            self.register_buffer("count_bias_set", torch.zeros((), dtype=torch.bool))
         self.fusion = ModalityFusion(self.modalities, n_latent, mode=fusion)
         self.latent_projector = (
             MLP(n_latent, n_latent, n_hidden=n_hidden, n_layers=1, dropout_rate=0.0, use_batch_norm=False)
@@ -200,6 +203,24 @@ class UnitedNetModule(BaseModuleClass):
         balancer = self.loss_balancer
         weighted = {k: self.loss_weights[k] * terms[k] for k in balancer.terms if k in terms}
         return balancer.gradnorm_loss(weighted, self.shared_parameters())
+
+    @property
+    def count_modalities(self) -> list[str]:
+        """Modalities with a negative-binomial likelihood."""
+        return list(self.log_theta.keys())
+
+    @torch.no_grad()
+    def set_count_bias(self, mean_counts: Mapping[str, torch.Tensor]) -> None:
+        """Start each nb decoder at the mean counts: its output bias becomes ``log(mean count)`` per feature.
+
+        With the exp link, an untrained decoder predicts about one count per feature; starting from the training
+        cells' mean counts spares the first epochs the climb to the data's scale. Called once per model (the
+        training plan does it before the first training of a model with nb modalities; see ``count_bias_set``).
+        """
+        for m, mean in mean_counts.items():
+            last = [layer for layer in self.decoders[m].modules() if isinstance(layer, nn.Linear)][-1]
+            last.bias.copy_(torch.log(torch.as_tensor(mean, dtype=last.bias.dtype).clamp_min(1e-4)))
+        self.count_bias_set.fill_(True)
 
     def set_standardization(self, modality: str, loc: torch.Tensor, scale: torch.Tensor) -> None:
         """Set the per-feature centring and scaling of a gaussian modality (from training cells only)."""

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 import lightning.pytorch as pl
 import torch
 
+from unitednet._constants import modality_key
 from unitednet.module import UnitedNetModule
 
 # terms that define the validation loss used to keep the best weights. Left out: the adversarial terms (they
@@ -181,6 +182,24 @@ class UnitedNetTrainingPlan(pl.LightningModule):
             self.best_validation_loss = float(value)
             self.best_epoch = self.current_epoch
             self.best_state = copy.deepcopy(self.module.state_dict())
+
+    @torch.no_grad()
+    def on_train_start(self) -> None:
+        """Before a model's first training: start each nb decoder at the training cells' mean counts."""
+        module = self.module
+        if not module.count_modalities or bool(module.count_bias_set):
+            return
+        loader = self.trainer.datamodule.train_dataloader()
+        loader = getattr(loader, "loader", loader)  # the objective cycle wraps one pass over the training cells
+        keys = {m: modality_key(m) for m in module.count_modalities}
+        sums = dict.fromkeys(keys, 0.0)
+        n_obs = 0
+        for tensors in loader:
+            for m, key in keys.items():
+                sums[m] = sums[m] + tensors[key].double().sum(0)
+            n_obs += next(iter(tensors.values())).shape[0]
+        if n_obs:
+            module.set_count_bias({m: (total / n_obs).float() for m, total in sums.items()})
 
     def on_train_epoch_start(self) -> None:
         """Initialise the clustering heads from k-means at ``cluster_init_epoch``."""
