@@ -34,6 +34,7 @@ LOSS_NAMES = (
     "generator",
     "discriminator",
     "contrastive",
+    "kl",
 )
 """Every loss term; each has a weight in ``loss_weights``."""
 
@@ -46,15 +47,19 @@ DEFAULT_LOSS_WEIGHTS = {
     "generator": 0.1,
     "discriminator": 0.1,
     "contrastive": 1.0,
+    "kl": 0.01,
 }
-"""The published defaults: 1 for every loss except the adversarial and clustering terms (0.1)."""
+"""The published defaults: 1 for every loss except the adversarial and clustering terms (0.1); ``kl`` (variational
+encoders only, not in the published model) 0.01."""
 
-Likelihood = Literal["gaussian", "bernoulli"]
+Likelihood = Literal["gaussian", "bernoulli", "nb"]
+LIKELIHOODS: tuple[str, ...] = ("gaussian", "bernoulli", "nb")
+"""Likelihoods a modality can have: gaussian (continuous), bernoulli (binary), nb (raw counts, negative binomial)."""
 Task = Literal["supervised", "unsupervised", "translation"]
 Objective = Literal["translation", "classification", "clustering"]
 
 OBJECTIVE_LOSSES: dict[str, tuple[str, ...]] = {
-    "translation": ("contrastive", "reconstruction", "translation", "generator", "discriminator"),
+    "translation": ("contrastive", "reconstruction", "translation", "generator", "discriminator", "kl"),
     "classification": ("classification",),
     "clustering": ("ddc", "self_entropy", "reconstruction"),
 }

@@ -48,7 +48,7 @@ from ._validation import (
     check_mudata,
     check_positive_int,
     check_query_modalities,
-    is_binary,
+    resolve_likelihood,
 )
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,18 @@ class UnitedNetModel(BaseModelClass):
         Batch normalisation in hidden layers. For a model whose SHAP relevance (:func:`unitednet.tl.feature_relevance`)
         is the point, consider ``False``: on Patch-seq, a model trained with it ranks each major class's marker gene
         in the top 10 of 1,252 genes, while with batch normalisation ``Sst`` ranks 17th to 43rd (at similar accuracy;
-        ``benchmarks/explain.py``).
+        ``benchmarks/explain.py``). Kept as an alias of ``norm`` (used when ``norm`` is not given).
+    norm
+        Normalisation of the hidden layers of encoders, decoders and head projectors: ``"batch"``, ``"layer"`` or
+        ``"none"``; overrides ``use_batch_norm`` (``norm="batch"`` with ``use_batch_norm=False`` is an error).
+        Default (``None``): ``"batch"`` if ``use_batch_norm`` else ``"none"``, i.e. unchanged. Layer normalisation
+        is not linear at inference, so SHAP's DeepExplainer (``method="deep"`` of :func:`unitednet.tl.feature_relevance`
+        and :func:`unitednet.tl.cross_modal_relevance`) refuses such models; use ``method="gradient"`` for them.
+    encoder
+        ``"mlp"``: deterministic MLP encoders (default); ``"variational"``: Gaussian posterior per modality with a KL
+        term to the standard normal prior in the translation objective (weight ``loss_weights["kl"]``, default
+        0.01), a posterior sample in training and the posterior mean for every prediction; ``"residual"``: MLP
+        encoders with residual hidden blocks. Decoders stay MLPs.
     fusion
         ``"modality"``: one fusion weight per modality; ``"feature"``: one per modality and latent dimension.
     n_heads
@@ -89,8 +100,9 @@ class UnitedNetModel(BaseModelClass):
         (translation only). Set it for unsupervised group identification.
     loss_weights
         Weights of the loss terms, keyed by name (``classification``, ``ddc``, ``self_entropy``, ``reconstruction``,
-        ``translation``, ``generator``, ``discriminator``, ``contrastive``); omitted terms keep the published
-        defaults (1, except 0.1 for ``ddc``, ``self_entropy``, ``generator`` and ``discriminator``). For
+        ``translation``, ``generator``, ``discriminator``, ``contrastive``, ``kl``); omitted terms keep the published
+        defaults (1, except 0.1 for ``ddc``, ``self_entropy``, ``generator`` and ``discriminator``; ``kl``, used by
+        variational encoders only, 0.01). For
         unsupervised group identification a larger ``ddc`` weight can help: on Patch-seq (5 heads) a weight of 1 to
         10 clustered the training cells better than 0.1.
     standardize
@@ -104,6 +116,16 @@ class UnitedNetModel(BaseModelClass):
     clustering_updates_encoders
         Let the DDC clustering losses of the unsupervised task update the encoders too, not only fusion and heads
         (the published design). On Patch-seq, with ``n_heads=5``, this clustered the training cells better.
+    loss_weighting
+        Weighting of the translation objective's ``reconstruction``, ``translation`` and ``contrastive`` terms, on top
+        of ``loss_weights``: ``"fixed"`` (``loss_weights`` only, the published behaviour), ``"uncertainty"`` (a
+        learned log-variance per term, Kendall et al. 2018) or ``"gradnorm"`` (factors learned by GradNorm, Chen et
+        al. 2018, on the gradient norms at the encoders' last layers). Other terms keep their fixed weights. Unless
+        ``"fixed"``, the effective weights per epoch are in :attr:`history` (``weight_<term>``) and drawn by
+        :func:`unitednet.pl.history`. See :class:`~unitednet.module.LossBalancer`.
+    gradnorm_alpha
+        GradNorm's asymmetry (``loss_weighting="gradnorm"`` only): 0 equalises the terms' gradient norms, larger
+        values give more weight to the terms whose loss has decreased least.
 
     Examples
     --------
@@ -126,6 +148,8 @@ class UnitedNetModel(BaseModelClass):
         n_layers: int = 2,
         dropout_rate: float = 0.3,
         use_batch_norm: bool = True,
+        norm: Literal["batch", "layer", "none"] | None = None,
+        encoder: Literal["mlp", "variational", "residual"] = "mlp",
         fusion: Literal["modality", "feature"] = "modality",
         n_heads: int = 1,
         n_groups: int | None = None,
@@ -134,6 +158,8 @@ class UnitedNetModel(BaseModelClass):
         contrastive_temperature: float = 0.1,
         use_latent_projector: bool = True,
         clustering_updates_encoders: bool = False,
+        loss_weighting: Literal["fixed", "uncertainty", "gradnorm"] = "fixed",
+        gradnorm_alpha: float = 1.5,
     ):
         super().__init__(mdata)
         for name, value in {"n_latent": n_latent, "n_hidden": n_hidden, "n_heads": n_heads}.items():
@@ -165,12 +191,16 @@ class UnitedNetModel(BaseModelClass):
             n_layers=n_layers,
             dropout_rate=dropout_rate,
             use_batch_norm=use_batch_norm,
+            norm=norm,
+            encoder=encoder,
             fusion=fusion,
             n_heads=n_heads,
             loss_weights=loss_weights,
             contrastive_temperature=contrastive_temperature,
             use_latent_projector=use_latent_projector,
             clustering_updates_encoders=clustering_updates_encoders,
+            loss_weighting=loss_weighting,
+            gradnorm_alpha=gradnorm_alpha,
         )
         self.task_: str | None = None
         self.split_: np.ndarray | None = None
@@ -214,8 +244,15 @@ class UnitedNetModel(BaseModelClass):
         layers
             Layer to read per modality (``None`` or a missing entry: ``.X``).
         likelihoods
-            ``"bernoulli"`` (binary data, sigmoid output, BCE loss) or ``"gaussian"`` (identity output, MSE loss) per
-            modality. Missing entries are inferred: bernoulli when every value is 0 or 1, gaussian otherwise.
+            Per modality: ``"bernoulli"`` (binary data, sigmoid output, BCE loss), ``"gaussian"`` (continuous data
+            such as normalised expression, electrophysiology or morphology; identity output, MSE loss on
+            standardised values) or ``"nb"`` (raw counts such as RNA or ADT counts; the encoder reads ``log1p`` of
+            the counts, the decoder outputs the log expected counts, negative-binomial loss with a learned
+            dispersion per feature). Missing entries are inferred: bernoulli when every value is 0 or 1, gaussian
+            otherwise. ``"nb"`` is never inferred (it would change how existing count data are modelled); when a
+            non-binary modality holds only non-negative integers an INFO message suggests it. A declared ``"nb"``
+            needs non-negative integers and a declared ``"bernoulli"`` values in {0, 1}; otherwise a ValueError
+            names the modality and the fix.
         labels_key
             Column of ``mdata.obs`` with cell labels (needed for supervised training and to stratify splits).
         batch_key
@@ -255,18 +292,7 @@ class UnitedNetModel(BaseModelClass):
             X = adata.X if layer is None else adata.layers[layer]
             where = f"Modality {m!r} ({'X' if layer is None else 'layer ' + repr(layer)})"
             check_finite(X, where)
-            lik = likelihoods.get(m)
-            if lik is None:
-                lik = "bernoulli" if is_binary(X) else "gaussian"
-            elif lik not in ("bernoulli", "gaussian"):
-                raise ValueError(f"Likelihood of {m!r} must be 'bernoulli' or 'gaussian', got {lik!r}.")
-            elif lik == "bernoulli" and not is_binary(X):
-                raise ValueError(
-                    f"{where} is declared 'bernoulli' but holds values other than 0 and 1. Binarise it first "
-                    f"(e.g. `mdata.mod['{m}'].layers['binary'] = (X > 0).astype('float32')` and layers="
-                    f"{{'{m}': 'binary'}}) or use likelihoods={{'{m}': 'gaussian'}}."
-                )
-            resolved[m] = lik
+            resolved[m] = resolve_likelihood(X, likelihoods.get(m), m, where)
         for key, name in ((labels_key, "labels_key"), (batch_key, "batch_key")):
             if key is None:
                 continue

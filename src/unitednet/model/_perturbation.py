@@ -563,7 +563,7 @@ class UnitedNetPerturbationModel(UnitedNetModel):
             ``source`` to ``target``), so that the decoders' shrinkage of large changes is corrected: the prediction is
             the observed average response plus the model's cell-specific deviation from it. ``"decode"``: the decoded
             counterfactual itself (the only mode for a query that lacks ``modality``). Probabilities are clipped to
-            [0, 1] for bernoulli modalities.
+            [0, 1] for bernoulli modalities and expected counts at 0 for nb modalities.
         batch_size
             Minibatch size.
 
@@ -631,6 +631,8 @@ class UnitedNetPerturbationModel(UnitedNetModel):
                     pred = pred + (observed[tgt] - observed[src]) - (decoded[tgt] - decoded[src])
             if mode != "decode" and self.likelihoods[modality] == "bernoulli":
                 pred = pred.clamp(0.0, 1.0)
+            elif mode != "decode" and self.likelihoods[modality] == "nb":
+                pred = pred.clamp(min=0.0)  # expected counts cannot be negative
             out.append(pred.cpu().numpy())
         obs = view.obs.iloc[idx].copy()
         if self.perturbation_key in obs:

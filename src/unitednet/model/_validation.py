@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import warnings
@@ -12,6 +13,10 @@ import numpy as np
 from anndata.abc import CSCDataset, CSRDataset
 from mudata import MuData
 from scipy import sparse
+
+from unitednet._constants import LIKELIHOODS
+
+logger = logging.getLogger(__name__)
 
 
 def value_chunks(X, chunk_size: int = 1 << 22) -> Iterator[np.ndarray]:
@@ -49,6 +54,69 @@ def check_finite(X, where: str) -> None:
 def is_binary(X) -> bool:
     """Whether every value of a matrix is 0 or 1."""
     return all(np.isin(values, (0, 1)).all() for values in value_chunks(X))
+
+
+def count_problem(X) -> str | None:
+    """Why a matrix cannot be raw counts (negative or non-integer values), or ``None`` when it can.
+
+    The values are read chunk by chunk (see :func:`value_chunks`): a backed matrix is never read whole.
+    """
+    n_negative = n_fraction = 0
+    minimum, example = np.inf, None
+    for values in value_chunks(X):
+        if values.size == 0:
+            continue
+        negative = values < 0
+        if negative.any():
+            n_negative += int(negative.sum())
+            minimum = min(minimum, float(values.min()))
+        if np.issubdtype(values.dtype, np.floating):
+            fraction = values != np.round(values)
+            if fraction.any():
+                n_fraction += int(fraction.sum())
+                example = values[fraction][0] if example is None else example
+    if n_negative:
+        return f"{n_negative} negative values (minimum {minimum:.4g})"
+    if n_fraction:
+        return f"{n_fraction} non-integer values (e.g. {example:.4g})"
+    return None
+
+
+def resolve_likelihood(X, likelihood: str | None, modality: str, where: str) -> str:
+    """The likelihood of a modality: the declared one after checking that the data fit it, or the inferred one.
+
+    Inference: ``"bernoulli"`` when every value is 0 or 1, ``"gaussian"`` otherwise. ``"nb"`` is never inferred (that
+    would change how existing count matrices are modelled); when the data are non-negative integers an INFO message
+    suggests it.
+    """
+    if likelihood is None:
+        if is_binary(X):
+            return "bernoulli"
+        if count_problem(X) is None:
+            logger.info(
+                "%s holds non-negative integers (raw counts?) and is modelled as 'gaussian'; pass "
+                "likelihoods={'%s': 'nb'} to model it with a negative binomial.",
+                where,
+                modality,
+            )
+        return "gaussian"
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"Likelihood of {modality!r} must be one of {list(LIKELIHOODS)}, got {likelihood!r}.")
+    if likelihood == "bernoulli" and not is_binary(X):
+        raise ValueError(
+            f"{where} is declared 'bernoulli' but holds values other than 0 and 1. Binarise it first "
+            f"(e.g. `mdata.mod['{modality}'].layers['binary'] = (X > 0).astype('float32')` and layers="
+            f"{{'{modality}': 'binary'}}) or use likelihoods={{'{modality}': 'gaussian'}}."
+        )
+    if likelihood == "nb":
+        problem = count_problem(X)
+        if problem is not None:
+            raise ValueError(
+                f"{where} is declared 'nb' (negative binomial, raw counts) but holds {problem}. Register the raw "
+                f"counts instead (e.g. layers={{'{modality}': 'counts'}}), or model normalised data with "
+                f"likelihoods={{'{modality}': 'gaussian'}}."
+            )
+    return likelihood
 
 
 def check_mudata(mdata) -> None:

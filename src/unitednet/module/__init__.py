@@ -2,5 +2,6 @@
 
 from ._module import UnitedNetModule
 from ._perturbation import UnitedNetPerturbationModule
+from ._weighting import LossBalancer
 
-__all__ = ["UnitedNetModule", "UnitedNetPerturbationModule"]
+__all__ = ["LossBalancer", "UnitedNetModule", "UnitedNetPerturbationModule"]

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+MAX_LOG_MEAN = 15.0
+"""Upper clamp of a negative-binomial decoder's log mean (``exp(15)`` is about 3.3 million counts)."""
+
 
 def _sparse_entries(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Row index, column index and value of each stored entry of a sparse CSR matrix."""
@@ -44,15 +47,52 @@ class _BinaryCrossEntropyWithLogits(torch.autograd.Function):
         return out.mul_(grad / logits.numel()), None
 
 
-def reconstruction_error(x_hat: torch.Tensor, x: torch.Tensor, likelihood: str) -> torch.Tensor:
-    """Mean per-entry error of a decoded profile: BCE on logits for ``bernoulli``, MSE for ``gaussian``.
+def nb_log_likelihood(x: torch.Tensor, log_mu: torch.Tensor, log_theta: torch.Tensor) -> torch.Tensor:
+    """Elementwise log-likelihood of counts under a negative binomial with mean ``mu`` and inverse dispersion ``theta``.
 
-    ``x`` may be a sparse CSR matrix; the bernoulli error then reads its non-zeros only.
+    ``log p(x) = lgamma(x + theta) - lgamma(theta) - lgamma(x + 1) + theta * (log theta - log(theta + mu))
+    + x * (log mu - log(theta + mu))``, computed from ``log mu`` and ``log theta`` (``log(theta + mu)`` as a
+    log-sum-exp), so neither a large mean nor a small dispersion overflows. The variance is ``mu + mu^2 / theta``.
+
+    Parameters
+    ----------
+    x
+        Observed counts (cells x features), non-negative.
+    log_mu
+        Log mean, same shape as ``x``.
+    log_theta
+        Log inverse dispersion, broadcastable to ``x`` (one value per feature).
+    """
+    log_mu = log_mu.clamp(max=MAX_LOG_MEAN)
+    log_theta = log_theta.expand_as(log_mu)
+    theta = log_theta.exp()
+    log_theta_mu = torch.logaddexp(log_theta, log_mu)
+    return (
+        torch.lgamma(x + theta)
+        - torch.lgamma(theta)
+        - torch.lgamma(x + 1.0)
+        + theta * (log_theta - log_theta_mu)
+        + x * (log_mu - log_theta_mu)
+    )
+
+
+def reconstruction_error(
+    x_hat: torch.Tensor, x: torch.Tensor, likelihood: str, log_theta: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean per-entry error of a decoded profile.
+
+    BCE on logits for ``bernoulli`` (``x`` may then be a sparse CSR matrix, read at its non-zeros only); MSE for
+    ``gaussian``; for ``nb`` the negative-binomial negative log-likelihood of the counts ``x`` given the log mean
+    ``x_hat`` and the per-feature log inverse dispersion ``log_theta``.
     """
     if likelihood == "bernoulli":
         return _BinaryCrossEntropyWithLogits.apply(x_hat, x)
     if x.layout == torch.sparse_csr:
         x = x.to_dense()
+    if likelihood == "nb":
+        if log_theta is None:
+            raise ValueError("The 'nb' reconstruction error needs the log inverse dispersion (log_theta).")
+        return -nb_log_likelihood(x, x_hat, log_theta).mean()
     return F.mse_loss(x_hat, x)
 
 

@@ -9,10 +9,11 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
 from unitednet._constants import DEFAULT_LOSS_WEIGHTS, OBJECTIVE_LOSSES, REGISTRY_KEYS, modality_key
-from unitednet.nn import MLP, Discriminator, GroupHeads, ModalityFusion
-from unitednet.nn._base import is_sparse_batch
+from unitednet.nn import MLP, Discriminator, GroupHeads, ModalityFusion, VariationalEncoder, make_encoder
+from unitednet.nn._base import Encoder, Norm, is_sparse_batch, resolve_norm
 
-from ._losses import contrastive_loss, ddc_loss, lsgan_loss, reconstruction_error, self_entropy_loss
+from ._losses import MAX_LOG_MEAN, contrastive_loss, ddc_loss, lsgan_loss, reconstruction_error, self_entropy_loss
+from ._weighting import LossBalancer, LossWeighting
 
 PRESENCE_PREFIX = "present_"
 UNLABELLED = -1
@@ -57,7 +58,12 @@ class UnitedNetModule(BaseModuleClass):
     n_features
         Number of features of each modality, keyed by modality name (the order defines the modality order).
     likelihoods
-        ``"gaussian"`` or ``"bernoulli"`` per modality.
+        ``"gaussian"``, ``"bernoulli"`` or ``"nb"`` per modality. A gaussian modality's networks read standardised
+        values and its decoder outputs them (MSE loss); a bernoulli decoder outputs logits (BCE loss). An ``"nb"``
+        (negative binomial, raw counts) encoder reads ``log1p`` of the counts; its decoder outputs the log of the
+        expected counts, ``log mu``, directly (no library-size factor, so a translation needs no measurement of the
+        target); the loss is the negative-binomial negative log-likelihood with a learned inverse dispersion per
+        feature (:attr:`log_theta`).
     n_groups
         Number of groups of the group heads; 0 builds no heads (translation only).
     n_latent
@@ -69,7 +75,14 @@ class UnitedNetModule(BaseModuleClass):
     dropout_rate
         Dropout of encoders, decoders and projectors.
     use_batch_norm
-        Batch normalisation in hidden layers.
+        Batch normalisation in hidden layers (when ``norm`` is not given; kept as an alias of ``norm``).
+    norm
+        Normalisation of the hidden layers of encoders, decoders and head projectors: ``"batch"``, ``"layer"`` or
+        ``"none"``. Default: ``"batch"`` if ``use_batch_norm`` else ``"none"``.
+    encoder
+        ``"mlp"`` (deterministic :class:`~unitednet.nn.MLP`), ``"variational"`` (Gaussian posterior,
+        :class:`~unitednet.nn.VariationalEncoder`: a sample in training, the mean at inference, plus a ``kl`` term
+        in the translation objective) or ``"residual"`` (:class:`~unitednet.nn.ResidualMLP`).
     fusion
         ``"modality"`` (one weight per modality) or ``"feature"`` (one weight per modality and latent dimension).
     n_heads
@@ -84,6 +97,13 @@ class UnitedNetModule(BaseModuleClass):
         Whether the contrastive loss acts on a projection of the latents rather than the latents themselves.
     clustering_updates_encoders
         Let the DDC clustering losses update the encoders too (by default they update fusion and heads only).
+    loss_weighting
+        How the translation objective's reconstruction, translation and contrastive terms are weighted (see
+        :class:`~unitednet.module.LossBalancer`): ``"fixed"`` (``loss_weights`` only), ``"uncertainty"`` (learned
+        log-variances, Kendall et al. 2018) or ``"gradnorm"`` (Chen et al. 2018). The other terms and objectives keep
+        their fixed weights.
+    gradnorm_alpha
+        Asymmetry of GradNorm.
     """
 
     def __init__(
@@ -96,6 +116,8 @@ class UnitedNetModule(BaseModuleClass):
         n_layers: int = 2,
         dropout_rate: float = 0.3,
         use_batch_norm: bool = True,
+        norm: Norm | None = None,
+        encoder: Encoder = "mlp",
         fusion: Literal["modality", "feature"] = "modality",
         n_heads: int = 1,
         loss_weights: Mapping[str, float] | None = None,
@@ -103,6 +125,8 @@ class UnitedNetModule(BaseModuleClass):
         ddc_rel_sigma: float = 0.15,
         use_latent_projector: bool = True,
         clustering_updates_encoders: bool = False,
+        loss_weighting: LossWeighting = "fixed",
+        gradnorm_alpha: float = 1.5,
     ):
         super().__init__()
         self.modalities = list(n_features)
@@ -114,18 +138,22 @@ class UnitedNetModule(BaseModuleClass):
         self.clustering_updates_encoders = clustering_updates_encoders
         # set by the model for each training run: whether the heads' predicted groups define contrastive negatives
         self.contrastive_group_negatives = n_groups > 0
-        mlp = {
-            "n_hidden": n_hidden,
-            "n_layers": n_layers,
-            "dropout_rate": dropout_rate,
-            "use_batch_norm": use_batch_norm,
-        }
-        self.encoders = nn.ModuleDict({m: MLP(n, n_latent, **mlp) for m, n in n_features.items()})
+        self.norm = resolve_norm(norm, use_batch_norm)
+        self.encoder_kind = encoder
+        mlp = {"n_hidden": n_hidden, "n_layers": n_layers, "dropout_rate": dropout_rate, "norm": self.norm}
+        self.encoders = nn.ModuleDict({m: make_encoder(encoder, n, n_latent, **mlp) for m, n in n_features.items()})
         self.decoders = nn.ModuleDict({m: MLP(n_latent, n, **mlp) for m, n in n_features.items()})
         self.discriminators = nn.ModuleDict(
             {m: Discriminator(n, n_hidden=min(n_hidden, 64)) for m, n in n_features.items()}
         )
         self.standardizers = nn.ModuleDict({m: _Standardizer(n) for m, n in n_features.items()})
+        # per-feature log inverse dispersion of each negative-binomial modality (updated with the decoders)
+        self.log_theta = nn.ParameterDict(
+            {m: nn.Parameter(torch.zeros(n)) for m, n in n_features.items() if self.likelihoods[m] == "nb"}
+        )
+        if self.log_theta:
+            # whether the output biases of the nb decoders were set from the training cells' mean counts
+            self.register_buffer("count_bias_set", torch.zeros((), dtype=torch.bool))
         self.fusion = ModalityFusion(self.modalities, n_latent, mode=fusion)
         self.latent_projector = (
             MLP(n_latent, n_latent, n_hidden=n_hidden, n_layers=1, dropout_rate=0.0, use_batch_norm=False)
@@ -133,8 +161,12 @@ class UnitedNetModule(BaseModuleClass):
             else nn.Identity()
         )
         self.heads = (
-            GroupHeads(n_latent, n_groups, n_heads, n_hidden, dropout_rate, use_batch_norm) if n_groups > 0 else None
+            GroupHeads(n_latent, n_groups, n_heads, n_hidden, dropout_rate, norm=self.norm) if n_groups > 0 else None
         )
+        # the terms balanced by loss_weighting: those of the translation objective that measure a task (not the
+        # adversarial generator term); translation and contrastive exist only with two or more modalities
+        balanced = ["reconstruction"] + (["translation", "contrastive"] if len(self.modalities) > 1 else [])
+        self.loss_balancer = LossBalancer(loss_weighting, balanced, alpha=gradnorm_alpha)
         self.register_buffer("class_weights", torch.ones(max(n_groups, 1)))
         self.register_buffer("best_head", torch.zeros((), dtype=torch.long))
 
@@ -142,15 +174,58 @@ class UnitedNetModule(BaseModuleClass):
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters updated by each objective's optimizer."""
         enc = list(self.encoders.parameters())
-        dec = list(self.decoders.parameters())
+        dec = list(self.decoders.parameters()) + list(self.log_theta.parameters())
         heads = list(self.heads.parameters()) if self.heads is not None else []
         fusion = list(self.fusion.parameters())
-        return {
-            "translation": enc + dec + list(self.latent_projector.parameters()),
+        groups = {
+            "translation": enc
+            + dec
+            + list(self.latent_projector.parameters())
+            + self.loss_balancer.parameters_for_objective(),
             "discriminator": list(self.discriminators.parameters()),
             "classification": enc + fusion + heads,
             "clustering": enc + dec + fusion + heads,
         }
+        balancer = self.loss_balancer.parameters_for_balancer()
+        if balancer:
+            groups["loss_balancer"] = balancer
+        return groups
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters shared by every translation term: the last linear layer of each encoder (GradNorm's ``W``)."""
+        out = []
+        for encoder in self.encoders.values():
+            out += list([m for m in encoder.modules() if isinstance(m, nn.Linear)][-1].parameters())
+        return out
+
+    def effective_weights(self) -> dict[str, float]:
+        """Effective weight of each balanced term: its fixed weight times the learned factor."""
+        factors = self.loss_balancer.factor_values().tolist()
+        return {k: self.loss_weights[k] * f for k, f in zip(self.loss_balancer.terms, factors, strict=True)}
+
+    def gradnorm_loss(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """GradNorm loss of the balancer's factors from the (graph-attached) terms of a translation step."""
+        balancer = self.loss_balancer
+        weighted = {k: self.loss_weights[k] * terms[k] for k in balancer.terms if k in terms}
+        return balancer.gradnorm_loss(weighted, self.shared_parameters())
+
+    @property
+    def count_modalities(self) -> list[str]:
+        """Modalities with a negative-binomial likelihood."""
+        return list(self.log_theta.keys())
+
+    @torch.no_grad()
+    def set_count_bias(self, mean_counts: Mapping[str, torch.Tensor]) -> None:
+        """Start each nb decoder at the mean counts: its output bias becomes ``log(mean count)`` per feature.
+
+        With the exp link, an untrained decoder predicts about one count per feature; starting from the training
+        cells' mean counts spares the first epochs the climb to the data's scale. Called once per model (the
+        training plan does it before the first training of a model with nb modalities; see ``count_bias_set``).
+        """
+        for m, mean in mean_counts.items():
+            last = [layer for layer in self.decoders[m].modules() if isinstance(layer, nn.Linear)][-1]
+            last.bias.copy_(torch.log(torch.as_tensor(mean, dtype=last.bias.dtype).clamp_min(1e-4)))
+        self.count_bias_set.fill_(True)
 
     def set_standardization(self, modality: str, loc: torch.Tensor, scale: torch.Tensor) -> None:
         """Set the per-feature centring and scaling of a gaussian modality (from training cells only)."""
@@ -168,28 +243,48 @@ class UnitedNetModule(BaseModuleClass):
         return {"z": inference_outputs["z"]}
 
     def standardize(self, modality: str, x: torch.Tensor) -> torch.Tensor:
-        """Input of a modality in the space the networks work in (standardised for gaussian modalities).
+        """Input of a modality in the space the networks work in.
 
-        A sparse CSR ``x`` stays sparse for bernoulli modalities and is densified (one minibatch) for gaussian ones.
+        Standardised values for gaussian modalities, ``log1p`` of the counts for nb modalities, the data for
+        bernoulli modalities. A sparse CSR ``x`` stays sparse for bernoulli and nb modalities (``log1p`` keeps the
+        zeros) and is densified (one minibatch) for gaussian ones.
         """
-        if self.likelihoods[modality] != "gaussian":
-            return x.float()
-        if is_sparse_batch(x):
-            x = x.to_dense()
-        return self.standardizers[modality](x.float())
+        likelihood = self.likelihoods[modality]
+        if likelihood == "gaussian":
+            if is_sparse_batch(x):
+                x = x.to_dense()
+            return self.standardizers[modality](x.float())
+        if likelihood == "nb":
+            return torch.log1p(x.float())
+        return x.float()
 
     def encode(self, modality: str, x: torch.Tensor) -> torch.Tensor:
-        """Latent of a modality's cells; ``x`` is dense or sparse CSR (then never densified, see :class:`~unitednet.nn.MLP`)."""
-        if is_sparse_batch(x) and self.likelihoods[modality] == "gaussian":
+        """Latent of a modality's cells (the posterior mean of a variational encoder in evaluation mode).
+
+        ``x`` is dense or sparse CSR; a sparse gaussian modality enters an MLP encoder without densifying (the
+        standardisation folded into the first layer, see :class:`~unitednet.nn.MLP`).
+        """
+        encoder = self.encoders[modality]
+        if is_sparse_batch(x) and self.likelihoods[modality] == "gaussian" and isinstance(encoder, MLP):
             standardizer = self.standardizers[modality]
-            return self.encoders[modality](x.float(), standardizer.loc, standardizer.scale)
-        return self.encoders[modality](self.standardize(modality, x))
+            return encoder(x.float(), standardizer.loc, standardizer.scale)
+        return encoder(self.standardize(modality, x))
 
     def to_data_space(self, modality: str, out: torch.Tensor) -> torch.Tensor:
-        """Decoder output in the modality's original units: probabilities for bernoulli, de-standardised values else."""
-        if self.likelihoods[modality] == "bernoulli":
+        """Decoder output in the modality's original units.
+
+        Probabilities for bernoulli, expected counts ``exp(out)`` for nb, de-standardised values for gaussian.
+        """
+        likelihood = self.likelihoods[modality]
+        if likelihood == "bernoulli":
             return torch.sigmoid(out)
+        if likelihood == "nb":
+            return torch.exp(out.clamp(max=MAX_LOG_MEAN))
         return self.standardizers[modality].inverse(out)
+
+    def reconstruction_error(self, modality: str, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Error of a decoder output of ``modality`` against its loss target (see :meth:`_target`)."""
+        return reconstruction_error(out, target, self.likelihoods[modality], self.log_theta.get(modality))
 
     # ------------------------------------------------------------------ cells with a subset of the modalities
     def presence(self, present: Mapping[str, torch.Tensor], modalities, n_obs: int) -> dict[str, torch.Tensor]:
@@ -251,21 +346,34 @@ class UnitedNetModule(BaseModuleClass):
         -------
         Dict with ``z`` (latent per modality) and ``z_fused`` (every cell). With ``present``, ``z[m]`` holds only the
         cells where ``m`` is present, ``present`` holds the presence used (see :meth:`presence`) and ``cells`` flags
-        the cells with at least one modality.
+        the cells with at least one modality. With variational encoders, ``kl`` holds per modality the KL divergence
+        of each (present) cell's posterior to the prior; ``z`` is a posterior sample in training mode and the
+        posterior mean in evaluation mode.
         """
         if not x:
             raise ValueError("At least one registered modality is needed to encode cells.")
         if present is None:
-            z = {m: self.encode(m, x[m]) for m in self.modalities if m in x}
-            return {"z": z, "z_fused": self.fuse(z)}
+            z, kl = self._encode({m: x[m] for m in self.modalities if m in x})
+            return {"z": z, "z_fused": self.fuse(z), **kl}
         n_obs = next(iter(x.values())).shape[0]
         mask = self.presence(present, [m for m in self.modalities if m in x], n_obs)
         mask = {m: v.to(x[m].device) for m, v in mask.items()}
         if not mask:
             raise ValueError("No modality is present in this minibatch.")
-        z = {m: self.encode(m, _dense(x[m])[mask[m]]) for m in mask}
+        z, kl = self._encode({m: _dense(x[m])[mask[m]] for m in mask})
         cells = torch.stack(list(mask.values())).any(0)
-        return {"z": z, "z_fused": self.fuse(z, mask), "present": mask, "cells": cells}
+        return {"z": z, "z_fused": self.fuse(z, mask), "present": mask, "cells": cells, **kl}
+
+    def _encode(self, x: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+        """Latent per modality, and ``{"kl": {modality: KL per cell}}`` for variational encoders (else empty)."""
+        z, kl = {}, {}
+        for m, xm in x.items():
+            encoder = self.encoders[m]
+            if isinstance(encoder, VariationalEncoder):
+                z[m], _, _, kl[m] = encoder.encode(self.standardize(m, xm))
+            else:
+                z[m] = self.encode(m, xm)
+        return z, ({"kl": kl} if kl else {})
 
     @auto_move_data
     def generative(self, z: Mapping[str, torch.Tensor]) -> dict:
@@ -295,6 +403,13 @@ class UnitedNetModule(BaseModuleClass):
         """Standardised input of a modality for the cells where it is present (all cells without presence flags)."""
         x = self.standardize(modality, tensors[modality_key(modality)])
         return x if present is None else _dense(x)[present[modality]]
+
+    def _target(self, tensors, modality: str, present: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
+        """What the decoders of a modality are scored against: the raw counts for nb, else :meth:`_observed`."""
+        if self.likelihoods[modality] != "nb":
+            return self._observed(tensors, modality, present)
+        x = _dense(tensors[modality_key(modality)]).float()
+        return x if present is None else x[present[modality]]
 
     def _batch_presence(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
         """Presence used by :meth:`inference` for this batch (``None`` when the batch has no presence flags)."""
@@ -334,10 +449,16 @@ class UnitedNetModule(BaseModuleClass):
         return torch.func.functional_call(d, params, (x,))
 
     def _discriminator_input(self, modality: str, out: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(out) if self.likelihoods[modality] == "bernoulli" else out
+        """A decoder output in the space of the discriminator's real inputs (:meth:`_observed`)."""
+        likelihood = self.likelihoods[modality]
+        if likelihood == "bernoulli":
+            return torch.sigmoid(out)
+        if likelihood == "nb":
+            return F.softplus(out.clamp(max=MAX_LOG_MEAN))  # log1p(exp(log mu)) = log1p(mu), as log1p of real counts
+        return out
 
     def _translation_terms(self, tensors, inference_outputs, generative_outputs) -> dict[str, torch.Tensor]:
-        """Reconstruction, translation, generator and contrastive terms.
+        """Reconstruction, translation, generator and contrastive terms (and ``kl`` for variational encoders).
 
         With presence flags each term is computed on the cells holding the modalities it compares: reconstruction
         and generator per present modality, translation ``s -> t`` and the contrastive pair ``(a, b)`` on the cells
@@ -346,23 +467,23 @@ class UnitedNetModule(BaseModuleClass):
         z = inference_outputs["z"]
         present = inference_outputs.get("present")
         mods = [m for m in self.modalities if m in z]
-        x = {m: self._observed(tensors, m, present) for m in mods}
+        x = {m: self._target(tensors, m, present) for m in mods}
         x_hat = generative_outputs["x_hat"]
-        recon = [reconstruction_error(x_hat[m][m], x[m], self.likelihoods[m]) for m in mods]
+        recon = [self.reconstruction_error(m, x_hat[m][m], x[m]) for m in mods]
         trans = []
         for t in mods:
             for s in mods:
                 if s == t:
                     continue
                 if present is None:
-                    trans.append(reconstruction_error(x_hat[t][s], x[t], self.likelihoods[t]))
+                    trans.append(self.reconstruction_error(t, x_hat[t][s], x[t]))
                     continue
                 both = present[s] & present[t]
                 if not bool(both.any()):
                     continue
                 # rows of the s-cells (x_hat[t][s]) and of the t-cells (x[t]) that hold both modalities
                 pred = x_hat[t][s][both[present[s]]]
-                trans.append(reconstruction_error(pred, x[t][both[present[t]]], self.likelihoods[t]))
+                trans.append(self.reconstruction_error(t, pred, x[t][both[present[t]]]))
         x_fake = self.discriminator_inputs(generative_outputs)
         gen = [lsgan_loss(self._frozen_discriminator(m, x_fake[m]), 1.0) for m in mods]
         zero = recon[0].new_zeros(())
@@ -389,12 +510,16 @@ class UnitedNetModule(BaseModuleClass):
                             self.contrastive_temperature,
                         )
                     )
-        return {
+        out = {
             "reconstruction": torch.stack(recon).mean(),
             "translation": torch.stack(trans).mean() if trans else zero,
             "generator": torch.stack(gen).mean(),
             "contrastive": torch.stack(contrast).mean() if contrast else zero,
         }
+        if "kl" in inference_outputs:
+            # KL of each modality's posterior to the prior: summed over latent dimensions, mean over cells
+            out["kl"] = torch.stack([inference_outputs["kl"][m].mean() for m in mods]).mean()
+        return out
 
     def _head_terms(self, tensors, inference_outputs, objective: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Loss terms of a head objective and the loss of each head (``None`` when no cell of the batch counts).
@@ -457,15 +582,21 @@ class UnitedNetModule(BaseModuleClass):
                 present = inference_outputs.get("present")
                 terms["reconstruction"] = torch.stack(
                     [
-                        reconstruction_error(x_hat[m][m], self._observed(tensors, m, present), self.likelihoods[m])
+                        self.reconstruction_error(m, x_hat[m][m], self._target(tensors, m, present))
                         for m in self.modalities
                         if m in inference_outputs["z"]
                     ]
                 ).mean()
         # no term at all (a classification batch without labelled cells): a zero loss without gradient
+        balanced = set(self.loss_balancer.terms) if objective == "translation" else set()
         total = sum(
-            (self.loss_weights[k] * v for k, v in terms.items()), start=inference_outputs["z_fused"].new_zeros(())
+            (self.loss_weights[k] * v for k, v in terms.items() if k not in balanced),
+            start=inference_outputs["z_fused"].new_zeros(()),
         )
+        if balanced:
+            total = total + self.loss_balancer.combine(
+                {k: self.loss_weights[k] * v for k, v in terms.items() if k in balanced}
+            )
         extra = dict(terms)
         if head_losses is not None:
             extra["head_losses"] = head_losses

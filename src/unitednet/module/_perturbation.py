@@ -127,7 +127,7 @@ class UnitedNetPerturbationModule(UnitedNetModule):
             n_heads=1,
             n_hidden=n_hidden,
             dropout_rate=dropout_rate,
-            use_batch_norm=use_batch_norm,
+            norm=self.norm,
         )
         self.register_buffer("perturbation_weights", torch.ones(n_perturbations))
 

@@ -1,5 +1,13 @@
-"""Building blocks of the UnitedNet module: MLPs, modality fusion, group heads and discriminators."""
+"""Building blocks of the UnitedNet module: MLPs and encoders, modality fusion, group heads and discriminators."""
 
-from ._base import MLP, Discriminator, GroupHeads, ModalityFusion
+from ._base import MLP, Discriminator, GroupHeads, ModalityFusion, ResidualMLP, VariationalEncoder, make_encoder
 
-__all__ = ["MLP", "Discriminator", "GroupHeads", "ModalityFusion"]
+__all__ = [
+    "MLP",
+    "Discriminator",
+    "GroupHeads",
+    "ModalityFusion",
+    "ResidualMLP",
+    "VariationalEncoder",
+    "make_encoder",
+]

@@ -8,6 +8,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+Norm = Literal["batch", "layer", "none"]
+NORMS: tuple[str, ...] = ("batch", "layer", "none")
+Encoder = Literal["mlp", "variational", "residual"]
+ENCODERS: tuple[str, ...] = ("mlp", "variational", "residual")
+
+
+def resolve_norm(norm: Norm | None, use_batch_norm: bool = True) -> str:
+    """Normalisation of hidden layers: ``norm`` when given, else ``"batch"`` or ``"none"`` from ``use_batch_norm``.
+
+    ``use_batch_norm`` is the older switch, kept as an alias; a ``norm`` other than ``"batch"`` overrides it, and
+    ``norm="batch"`` with ``use_batch_norm=False`` is a contradiction.
+    """
+    if norm is None:
+        return "batch" if use_batch_norm else "none"
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {list(NORMS)}, got {norm!r}.")
+    if norm == "batch" and not use_batch_norm:
+        raise ValueError("norm='batch' contradicts use_batch_norm=False; pass only norm ('batch', 'layer' or 'none').")
+    return norm
+
+
+def _norm_layer(norm: str, n: int) -> nn.Module | None:
+    if norm == "batch":
+        return nn.BatchNorm1d(n)
+    if norm == "layer":
+        return nn.LayerNorm(n)
+    return None
+
 
 def csr_tensor(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """A torch sparse CSR tensor (without torch's warning that its sparse CSR support is in beta)."""
@@ -80,7 +108,7 @@ def linear(
 
 
 class MLP(nn.Module):
-    """Fully connected network: ``n_layers`` hidden blocks (Linear, BatchNorm, ReLU, Dropout) then a Linear output.
+    """Fully connected network: ``n_layers`` hidden blocks (Linear, norm, ReLU, Dropout) then a Linear output.
 
     Parameters
     ----------
@@ -95,7 +123,9 @@ class MLP(nn.Module):
     dropout_rate
         Dropout probability after each hidden layer.
     use_batch_norm
-        Whether hidden layers use batch normalisation.
+        Whether hidden layers use batch normalisation (when ``norm`` is not given).
+    norm
+        Normalisation of hidden layers: ``"batch"``, ``"layer"`` or ``"none"``; overrides ``use_batch_norm``.
     """
 
     def __init__(
@@ -106,14 +136,16 @@ class MLP(nn.Module):
         n_layers: int = 2,
         dropout_rate: float = 0.1,
         use_batch_norm: bool = True,
+        norm: Norm | None = None,
     ):
         super().__init__()
+        norm = resolve_norm(norm, use_batch_norm)
         layers: list[nn.Module] = []
         n_in = n_input
         for _ in range(n_layers):
             layers.append(nn.Linear(n_in, n_hidden))
-            if use_batch_norm:
-                layers.append(nn.BatchNorm1d(n_hidden))
+            if (norm_layer := _norm_layer(norm, n_hidden)) is not None:
+                layers.append(norm_layer)
             # not in-place: shap's DeepExplainer cannot trace in-place activations
             layers.append(nn.ReLU())
             if dropout_rate > 0:
@@ -133,6 +165,109 @@ class MLP(nn.Module):
         if not is_sparse_batch(x) and loc is None:
             return self.network(x)
         return self.network[1:](linear(self.network[0], x, loc, scale))
+
+
+class ResidualMLP(nn.Module):
+    """MLP with residual hidden blocks: ``h = W_in x``, then ``n_layers`` times ``h = h + block(h)``, then ``W_out h``.
+
+    Each block is an :class:`MLP` with one hidden layer (Linear, norm, ReLU, Dropout, Linear) of width ``n_hidden``;
+    the input map is an :class:`MLP` without hidden layer (a linear map), so changes to :class:`MLP`'s input path
+    apply here too. The output layer is registered last.
+
+    Parameters
+    ----------
+    n_input, n_output, n_hidden, n_layers, dropout_rate, use_batch_norm, norm
+        As for :class:`MLP`; ``n_layers`` counts the residual blocks (0 gives two stacked linear maps).
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_output: int,
+        n_hidden: int = 256,
+        n_layers: int = 2,
+        dropout_rate: float = 0.1,
+        use_batch_norm: bool = True,
+        norm: Norm | None = None,
+    ):
+        super().__init__()
+        norm = resolve_norm(norm, use_batch_norm)
+        self.input = MLP(n_input, n_hidden, n_layers=0)
+        self.blocks = nn.ModuleList(
+            [
+                MLP(n_hidden, n_hidden, n_hidden, n_layers=1, dropout_rate=dropout_rate, norm=norm)
+                for _ in range(n_layers)
+            ]
+        )
+        self.output = nn.Linear(n_hidden, n_output)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``x`` (cells x n_input) to cells x n_output."""
+        h = self.input(x)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.output(h)
+
+
+class VariationalEncoder(nn.Module):
+    """Gaussian posterior encoder: an :class:`MLP` gives the mean and log-variance of ``q(z | x)``.
+
+    In training mode the forward pass returns a reparameterised sample ``mean + exp(logvar / 2) * eps``; in
+    evaluation mode it returns the posterior mean, so predictions and explanations are deterministic.
+    :meth:`encode` also gives the mean, the log-variance and the KL divergence to the standard normal prior.
+
+    Parameters
+    ----------
+    n_input, n_output, n_hidden, n_layers, dropout_rate, use_batch_norm, norm
+        As for :class:`MLP`; ``n_output`` is the latent dimension.
+    """
+
+    LOGVAR_BOUND = 10.0
+
+    def __init__(
+        self,
+        n_input: int,
+        n_output: int,
+        n_hidden: int = 256,
+        n_layers: int = 2,
+        dropout_rate: float = 0.1,
+        use_batch_norm: bool = True,
+        norm: Norm | None = None,
+    ):
+        super().__init__()
+        self.n_output = n_output
+        self.network = MLP(n_input, 2 * n_output, n_hidden, n_layers, dropout_rate, use_batch_norm, norm)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Latent (sample in training, mean in evaluation), posterior mean, log-variance and KL per cell."""
+        out = self.network(x)
+        mean, logvar = out[:, : self.n_output], out[:, self.n_output :].clamp(-self.LOGVAR_BOUND, self.LOGVAR_BOUND)
+        kl = 0.5 * (mean**2 + logvar.exp() - 1.0 - logvar).sum(1)
+        z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean) if self.training else mean
+        return z, mean, logvar, kl
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The latent: a posterior sample in training mode, the posterior mean in evaluation mode."""
+        if self.training:
+            return self.encode(x)[0]
+        return self.network(x)[:, : self.n_output]
+
+
+def make_encoder(
+    kind: Encoder,
+    n_input: int,
+    n_output: int,
+    n_hidden: int = 256,
+    n_layers: int = 2,
+    dropout_rate: float = 0.1,
+    use_batch_norm: bool = True,
+    norm: Norm | None = None,
+) -> nn.Module:
+    """An encoder of the given kind: :class:`MLP`, :class:`VariationalEncoder` or :class:`ResidualMLP`."""
+    classes = {"mlp": MLP, "variational": VariationalEncoder, "residual": ResidualMLP}
+    if kind not in classes:
+        raise ValueError(f"encoder must be one of {list(ENCODERS)}, got {kind!r}.")
+    return classes[kind](n_input, n_output, n_hidden, n_layers, dropout_rate, use_batch_norm, norm)
 
 
 class ModalityFusion(nn.Module):
@@ -185,7 +320,9 @@ class GroupHeads(nn.Module):
     dropout_rate
         Dropout in the projector.
     use_batch_norm
-        Whether the projector uses batch normalisation.
+        Whether the projector uses batch normalisation (when ``norm`` is not given).
+    norm
+        Normalisation of the projector: ``"batch"``, ``"layer"`` or ``"none"``; overrides ``use_batch_norm``.
     """
 
     def __init__(
@@ -196,13 +333,15 @@ class GroupHeads(nn.Module):
         n_hidden: int = 256,
         dropout_rate: float = 0.1,
         use_batch_norm: bool = True,
+        norm: Norm | None = None,
     ):
         super().__init__()
+        norm = resolve_norm(norm, use_batch_norm)
         self.projectors = nn.ModuleList(
             [
                 nn.Sequential(
                     nn.Linear(n_input, n_hidden),
-                    nn.BatchNorm1d(n_hidden) if use_batch_norm else nn.Identity(),
+                    nn.Identity() if norm == "none" else _norm_layer(norm, n_hidden),
                     nn.ReLU(),
                     nn.Dropout(dropout_rate) if dropout_rate > 0 else nn.Identity(),
                 )

@@ -100,8 +100,17 @@ def cross_modal_matrix(
     return ax
 
 
-def history(model: UnitedNetModel, *, terms: Sequence[str] | None = None, axes: Sequence[Axes] | None = None) -> Figure:
-    """Training and validation curves of the loss terms, one panel per term.
+_WEIGHT_PREFIX = "weight_"
+
+
+def history(
+    model: UnitedNetModel,
+    *,
+    terms: Sequence[str] | None = None,
+    weights: bool | None = None,
+    axes: Sequence[Axes] | None = None,
+) -> Figure:
+    """Training and validation curves of the loss terms, one panel per term, and the effective loss weights.
 
     Parameters
     ----------
@@ -109,8 +118,11 @@ def history(model: UnitedNetModel, *, terms: Sequence[str] | None = None, axes: 
         Trained model (reads :attr:`~unitednet.model.UnitedNetModel.history`).
     terms
         Loss terms to draw (e.g. ``["reconstruction", "translation"]``); all logged terms by default.
+    weights
+        Add a last panel, "effective loss weights", with one curve per balanced term (``history["weight_<term>"]``,
+        logged for models with ``loss_weighting`` other than ``"fixed"``). ``None``: when they were logged.
     axes
-        Axes to draw into, one per term.
+        Axes to draw into, one per term (plus one for the weights).
 
     Returns
     -------
@@ -124,14 +136,31 @@ def history(model: UnitedNetModel, *, terms: Sequence[str] | None = None, axes: 
     unknown = sorted(set(terms) - set(names))
     if unknown:
         raise KeyError(f"No logged loss terms {unknown}; logged: {names}.")
+    weight_keys = sorted(k for k in hist if k.startswith(_WEIGHT_PREFIX))
+    if weights and not weight_keys:
+        raise KeyError(
+            "The model's history has no effective loss weights: they are logged for models built with "
+            "loss_weighting='uncertainty' or 'gradnorm'."
+        )
+    weights = bool(weight_keys) if weights is None else weights
+    n_panels = len(terms) + int(weights)
     if axes is None:
-        ncols = min(4, len(terms))
-        nrows = int(np.ceil(len(terms) / ncols))
+        ncols = min(4, n_panels)
+        nrows = int(np.ceil(n_panels / ncols))
         fig, axs = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.6 * nrows), squeeze=False)
         axes = list(axs.ravel())
-        for extra in axes[len(terms) :]:
+        for extra in axes[n_panels:]:
             extra.set_visible(False)
+    elif len(axes) < n_panels:
+        raise ValueError(f"Give {n_panels} axes (one per term{' and one for the weights' if weights else ''}).")
     fig = axes[0].figure
+    if weights:
+        ax = axes[len(terms)]
+        for key in weight_keys:
+            ax.plot(hist[key].index, hist[key].iloc[:, 0], label=key[len(_WEIGHT_PREFIX) :])
+        ax.set_title("effective loss weights")
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize="small")
     for ax, term in zip(axes, terms, strict=False):
         for split in ("train", "validation"):
             key = f"{term}_{split}"

@@ -66,6 +66,13 @@ class _Log(_Elementwise):
         return torch.log(x)
 
 
+class _Log1p(_Elementwise):
+    """Elementwise ``log(1 + x)``: the input transform of negative-binomial (count) modalities."""
+
+    def function(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log1p(x)
+
+
 def _rescale_rule(module: _Elementwise, grad_input, grad_output):
     """DeepLIFT's rescale rule for an elementwise step, as a shap DeepExplainer backward hook.
 
@@ -84,6 +91,25 @@ def _rescale_rule(module: _Elementwise, grad_input, grad_output):
     return (torch.where(near, grad_input[0], grad_output[0] * slope),)
 
 
+class _EncoderInput(nn.Module):
+    """A modality's input transform as the encoder reads it, with ``log1p`` of counts as a :class:`_Log1p` module.
+
+    Standardisation is affine (exact under DeepLIFT's linear rule); the ``log1p`` of an nb modality is explained with
+    the rescale rule, so relevance stays additive and is given for the counts themselves.
+    """
+
+    def __init__(self, model: UnitedNetModel, modality: str):
+        super().__init__()
+        self.module = model.module
+        self.modality = modality
+        self.log1p = _Log1p() if model.likelihoods[modality] == "nb" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.log1p is not None:
+            return self.log1p(x.float())
+        return self.module.standardize(self.modality, x)
+
+
 class _Classification(nn.Module):
     """Classification path with the modalities as separate inputs: encoders -> fusion -> projector -> group logits."""
 
@@ -91,11 +117,10 @@ class _Classification(nn.Module):
         super().__init__()
         self.module = model.module
         self.modalities = list(modalities)
+        self.inputs = nn.ModuleList([_EncoderInput(model, m) for m in self.modalities])
 
     def logits(self, *xs: torch.Tensor) -> torch.Tensor:
-        z = {
-            m: self.module.encoders[m](self.module.standardize(m, x)) for m, x in zip(self.modalities, xs, strict=True)
-        }
+        z = {m: self.module.encoders[m](inp(x)) for m, inp, x in zip(self.modalities, self.inputs, xs, strict=True)}
         return self.module.group_logits(self.module.fusion(z))
 
 
@@ -152,30 +177,35 @@ class _ClassScore(_Classification):
 
 
 class _Translation(nn.Module):
-    """Translation path ``source -> target`` restricted to some target features, in the target's units."""
+    """Translation path ``source -> target`` restricted to some target features, in the target's units.
+
+    The units are probabilities (bernoulli target), expected counts (nb target) or the registered values (gaussian).
+    """
 
     def __init__(self, model: UnitedNetModel, source: str, target: str, features: np.ndarray):
         super().__init__()
         self.module = model.module
         self.source, self.target = source, target
         self.register_buffer("features", torch.as_tensor(features, dtype=torch.long))
-        # a Sigmoid *module* so that DeepLIFT's rule for it applies (a functional call would break additivity)
+        self.input = _EncoderInput(model, source)
+        # Sigmoid and exp as *modules* so that DeepLIFT's rules for them apply (a functional call breaks additivity)
         self.sigmoid = nn.Sigmoid() if model.likelihoods[target] == "bernoulli" else None
+        self.exp = _Exp() if model.likelihoods[target] == "nb" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.module.decoders[self.target](
-            self.module.encoders[self.source](self.module.standardize(self.source, x))
-        )
+        out = self.module.decoders[self.target](self.module.encoders[self.source](self.input(x)))
         out = out[:, self.features]
         if self.sigmoid is not None:
             return self.sigmoid(out)
+        if self.exp is not None:
+            return self.exp(out)
         std = self.module.standardizers[self.target]
         return out * std.scale[self.features] + std.loc[self.features]
 
 
 @contextlib.contextmanager
 def _shap_session():
-    """Register the rescale rule of ``_Exp`` and ``_Log`` with shap's DeepExplainer, and silence its notices.
+    """Register the rescale rule of ``_Exp``, ``_Log`` and ``_Log1p`` with shap's DeepExplainer, and silence its notices.
 
     shap picks the DeepLIFT rule of a module by its class name (``op_handler``); the two entries are removed again on
     exit. ModalityFusion and _Standardizer are linear in their inputs, so passing gradients through them (shap's
@@ -184,7 +214,7 @@ def _shap_session():
     from shap.explainers._deep import deep_pytorch
 
     handlers = deep_pytorch.op_handler
-    added = [name for name in (_Exp.__name__, _Log.__name__) if name not in handlers]
+    added = [name for name in (_Exp.__name__, _Log.__name__, _Log1p.__name__) if name not in handlers]
     for name in added:
         handlers[name] = _rescale_rule
     try:
@@ -195,6 +225,18 @@ def _shap_session():
     finally:
         for name in added:
             handlers.pop(name, None)
+
+
+def _check_method(model: UnitedNetModel, method: str) -> None:
+    """Refuse unknown methods, and DeepExplainer on a model with layer normalisation (not linear at inference)."""
+    if method not in ("deep", "gradient"):
+        raise ValueError(f"method must be 'deep' or 'gradient', got {method!r}.")
+    if method == "deep" and any(isinstance(m, nn.LayerNorm) for m in model.module.modules()):
+        raise ValueError(
+            "This model uses layer normalisation (norm='layer'), which divides each cell's hidden layer by its own "
+            "standard deviation: DeepExplainer has no exact rule for it and its attributions would not add up. Pass "
+            "method='gradient' (expected gradients), or explain a model trained with norm='batch' or 'none'."
+        )
 
 
 def _explainer(method: Method, wrapper: nn.Module, background: list[torch.Tensor]):
@@ -472,7 +514,8 @@ def feature_relevance(
         Reference cells for ``background="sample"``.
     method
         ``"deep"`` (DeepExplainer: DeepLIFT-based, attributions sum to the output minus its expected value) or
-        ``"gradient"`` (GradientExplainer: expected gradients, additive in expectation only).
+        ``"gradient"`` (GradientExplainer: expected gradients, additive in expectation only). Models with layer
+        normalisation (``norm="layer"``) need ``"gradient"``.
     n_top
         Features per group and modality kept in the tidy table.
     key_added
@@ -504,8 +547,7 @@ def feature_relevance(
         raise ValueError(f"output must be one of {list(_OUTPUTS)}, got {output!r}.")
     if background not in _BACKGROUNDS:
         raise ValueError(f"background must be one of {list(_BACKGROUNDS)}, got {background!r}.")
-    if method not in ("deep", "gradient"):
-        raise ValueError(f"method must be 'deep' or 'gradient', got {method!r}.")
+    _check_method(model, method)
     out = _target(model, mdata, copy)
     query = None if out is model.adata else out
     present = model._available(query)
@@ -680,7 +722,7 @@ def cross_modal_relevance(
     n_background
         Reference cells for ``background="sample"``.
     method
-        ``"deep"`` or ``"gradient"``.
+        ``"deep"`` or ``"gradient"`` (``"gradient"`` for models with ``norm="layer"``).
     random_state
         Seed of the sampling.
     chunk_size
@@ -703,6 +745,7 @@ def cross_modal_relevance(
             raise KeyError(f"Unknown modality {m!r}; registered: {model.modalities}.")
     if source == target:
         raise ValueError("source and target must differ (cross-modal relevance).")
+    _check_method(model, method)
     out = _target(model, mdata, copy)
     query = None if out is model.adata else out
     model._resolve_mdata(query, [source])

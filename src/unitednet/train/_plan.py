@@ -6,7 +6,9 @@ from collections.abc import Sequence
 import lightning.pytorch as pl
 import torch
 
+from unitednet._constants import modality_key
 from unitednet.module import UnitedNetModule
+from unitednet.nn._base import is_sparse_batch
 
 # terms that define the validation loss used to keep the best weights. Left out: the adversarial terms (they
 # measure the discriminator of the moment, not the model) and the contrastive term (its negatives are the cells of
@@ -28,6 +30,13 @@ class UnitedNetTrainingPlan(pl.LightningModule):
     and generator losses, then the discriminators with the discriminator loss on detached reconstructions. The
     classification objective updates encoders, fusion and heads with class-balanced cross-entropy; the clustering
     objective updates fusion and heads with DDC + self-entropy, and encoders and decoders with reconstruction.
+
+    With ``loss_weighting="uncertainty"`` the learned log-variances are trained with the translation objective; with
+    ``"gradnorm"`` each translation step also updates the balancer's factors with their own Adam optimizer on the
+    GradNorm loss (:meth:`~unitednet.module.LossBalancer.gradnorm_loss`). Unless the weighting is ``"fixed"``, the
+    effective weight of each balanced term at the end of each epoch is logged as ``weight_<term>`` (in the model's
+    ``history``).
+    The validation loss always uses the fixed ``loss_weights``, so that epochs are compared on one scale.
 
     After every validation epoch the weights with the lowest validation loss (weighted sum of the classification, DDC,
     self-entropy, reconstruction and translation terms) are kept and restored at the end of training; the group head with the lowest mean loss over the last
@@ -79,6 +88,8 @@ class UnitedNetTrainingPlan(pl.LightningModule):
         self.automatic_optimization = False
         self._groups = module.parameter_groups()
         self._optimizer_names = self.objectives + (["discriminator"] if "translation" in self.objectives else [])
+        if "translation" in self.objectives and "loss_balancer" in self._groups:
+            self._optimizer_names.append("loss_balancer")
         self._head_history: list[torch.Tensor] = []
         self._epoch_head_losses: list[torch.Tensor] = []
         self._val_head_losses: list[torch.Tensor] = []
@@ -121,7 +132,16 @@ class UnitedNetTrainingPlan(pl.LightningModule):
         out = self.module.loss(tensors, inference_outputs, generative_outputs, objective=objective)
         if not out.loss.requires_grad:
             return  # nothing to learn from this batch (classification on a batch without labelled cells)
+        balancing = objective == "translation" and "loss_balancer" in optimizers
+        if balancing:
+            # gradient norms of the balanced terms before the step, on the same graph (retained)
+            balancer_loss = self.module.gradnorm_loss(out.extra_metrics)
         self._step(optimizers[objective], self._groups[objective], out.loss)
+        if balancing and balancer_loss.requires_grad:
+            optimizers["loss_balancer"].zero_grad()
+            self.manual_backward(balancer_loss)
+            optimizers["loss_balancer"].step()
+            self.module.loss_balancer.renormalise()
         n = out.n_obs_minibatch
         metrics = dict(out.extra_metrics)
         head_losses = metrics.pop("head_losses", None)
@@ -176,6 +196,26 @@ class UnitedNetTrainingPlan(pl.LightningModule):
             self.best_epoch = self.current_epoch
             self.best_state = copy.deepcopy(self.module.state_dict())
 
+    @torch.no_grad()
+    def on_train_start(self) -> None:
+        """Before a model's first training: start each nb decoder at the training cells' mean counts."""
+        module = self.module
+        if not module.count_modalities or bool(module.count_bias_set):
+            return
+        loader = self.trainer.datamodule.train_dataloader()
+        loader = getattr(loader, "loader", loader)  # the objective cycle wraps one pass over the training cells
+        keys = {m: modality_key(m) for m in module.count_modalities}
+        sums = dict.fromkeys(keys, 0.0)
+        n_obs = 0
+        for tensors in loader:
+            for m, key in keys.items():
+                x = tensors[key]
+                x = x.to_dense() if is_sparse_batch(x) else x  # one minibatch
+                sums[m] = sums[m] + x.double().sum(0)
+            n_obs += next(iter(tensors.values())).shape[0]
+        if n_obs:
+            module.set_count_bias({m: (total / n_obs).float() for m, total in sums.items()})
+
     def on_train_epoch_start(self) -> None:
         """Initialise the clustering heads from k-means at ``cluster_init_epoch``."""
         if (
@@ -224,7 +264,10 @@ class UnitedNetTrainingPlan(pl.LightningModule):
         self._head_history = []
 
     def on_train_epoch_end(self) -> None:
-        """Without validation cells, select the best head on training losses."""
+        """Log the effective loss weights; without validation cells, select the best head on training losses."""
+        if "translation" in self.objectives and self.module.loss_balancer.mode != "fixed":
+            for name, value in self.module.effective_weights().items():
+                self.log(f"weight_{name}", float(value), on_step=False, on_epoch=True)
         if not self._validated:
             self._select_head(self._epoch_head_losses)
         self._epoch_head_losses = []
