@@ -305,6 +305,45 @@ def non_binary_bernoulli(ctx):
     )
 
 
+@case(
+    "Set-up",
+    "negative or non-integer values declared `nb` (raw counts)",
+    "`ValueError` counting them, pointing to the raw-counts layer or `gaussian`",
+)
+def counts_not_integer(ctx):
+    mdata = ctx.make_mudata()
+    mdata.mod["rna"].layers["counts"] = np.abs(np.round(mdata.mod["rna"].X * 3))
+    mdata.mod["rna"].layers["counts"][0, :2] = [-1.0, 2.5]
+    refuses(
+        ValueError,
+        r"'rna' \(layer 'counts'\) is declared 'nb' .* holds 1 negative values.*layers=",
+        UnitedNetModel.setup_mudata,
+        mdata,
+        layers={"rna": "counts"},
+        likelihoods={"rna": "nb"},
+    )
+    mdata.mod["rna"].layers["counts"][0, 0] = 1.0
+    refuses(
+        ValueError,
+        "holds 1 non-integer values",
+        UnitedNetModel.setup_mudata,
+        mdata,
+        layers={"rna": "counts"},
+        likelihoods={"rna": "nb"},
+    )
+
+
+@case("Set-up", "raw counts declared `nb`, dense or CSR", "trains; predictions are expected counts (finite, >= 0)")
+def counts_dense_or_sparse(ctx):
+    for convert in (np.asarray, sparse.csr_matrix):
+        mdata = ctx.make_mudata()
+        mdata.mod["rna"].X = convert(np.abs(np.round(mdata.mod["rna"].X * 3)).astype(np.float32))
+        model = ctx.fit(mdata, setup={"labels_key": "cell_type", "likelihoods": {"rna": "nb"}})
+        counts = model.predict_modality(source="atac", target="rna")
+        assert np.isfinite(counts).all() and (counts >= 0).all()
+        assert np.isfinite(model.get_latent_representation()).all()
+
+
 @case("Set-up", "an unknown likelihood", "`ValueError` listing the likelihoods")
 def unknown_likelihood(ctx):
     refuses(

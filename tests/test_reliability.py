@@ -177,12 +177,13 @@ def mudatas(draw):
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(mdata=mudatas(), use_labels=st.booleans())
-def test_setup_accepts_or_refuses_clearly_and_accepted_data_train(mdata, use_labels):
+@given(mdata=mudatas(), use_labels=st.booleans(), likelihood=st.sampled_from([None, "gaussian", "bernoulli", "nb"]))
+def test_setup_accepts_or_refuses_clearly_and_accepted_data_train(mdata, use_labels, likelihood):
     """Every generated MuData is either refused by the package's own checks or trains to finite latents."""
     labels_key = "label" if use_labels else None
     try:
-        UnitedNetModel.setup_mudata(mdata, labels_key=labels_key)
+        likelihoods = {"rna": likelihood} if likelihood is not None else None
+        UnitedNetModel.setup_mudata(mdata, labels_key=labels_key, likelihoods=likelihoods)
         model = UnitedNetModel(mdata, n_latent=2, n_hidden=8, n_layers=1)
         task = "supervised" if use_labels else "translation"
         if mdata.n_obs < 2:
