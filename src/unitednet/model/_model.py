@@ -157,6 +157,7 @@ class UnitedNetModel(BaseModelClass):
             contrastive_temperature=contrastive_temperature,
             use_latent_projector=use_latent_projector,
             clustering_updates_encoders=clustering_updates_encoders,
+            sparse_inputs=[m for m in self.modalities if self._is_sparse(m)],
         )
         self.task_: str | None = None
         self.split_: np.ndarray | None = None
@@ -350,6 +351,11 @@ class UnitedNetModel(BaseModelClass):
                 f"Give it the training features: `mdata.mod['{modality}'][:, model.var_names('{modality}')]`."
             )
         return X[:, adata.var_names.get_indexer(names)]
+
+    def _is_sparse(self, modality: str) -> bool:
+        """Whether the registered matrix of a modality is sparse (in memory or backed on disk)."""
+        X = self._matrix(self.adata, modality)
+        return sparse.issparse(X) or getattr(X, "format", None) in ("csr", "csc")
 
     def _resolve_mdata(self, mdata: MuData | None, modalities: Sequence[str]) -> MuData:
         if mdata is None:

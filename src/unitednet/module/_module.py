@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -84,6 +84,9 @@ class UnitedNetModule(BaseModuleClass):
         Whether the contrastive loss acts on a projection of the latents rather than the latents themselves.
     clustering_updates_encoders
         Let the DDC clustering losses update the encoders too (by default they update fusion and heads only).
+    sparse_inputs
+        Modalities whose data come as sparse CSR minibatches: their encoder's and discriminator's first layers keep
+        the weight layout of the sparse product (see :class:`~unitednet.nn.MLP`).
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class UnitedNetModule(BaseModuleClass):
         ddc_rel_sigma: float = 0.15,
         use_latent_projector: bool = True,
         clustering_updates_encoders: bool = False,
+        sparse_inputs: Sequence[str] = (),
     ):
         super().__init__()
         self.modalities = list(n_features)
@@ -120,10 +124,16 @@ class UnitedNetModule(BaseModuleClass):
             "dropout_rate": dropout_rate,
             "use_batch_norm": use_batch_norm,
         }
-        self.encoders = nn.ModuleDict({m: MLP(n, n_latent, **mlp) for m, n in n_features.items()})
+        sparse_inputs = set(sparse_inputs)
+        self.encoders = nn.ModuleDict(
+            {m: MLP(n, n_latent, **mlp, sparse_input=m in sparse_inputs) for m, n in n_features.items()}
+        )
         self.decoders = nn.ModuleDict({m: MLP(n_latent, n, **mlp) for m, n in n_features.items()})
         self.discriminators = nn.ModuleDict(
-            {m: Discriminator(n, n_hidden=min(n_hidden, 64)) for m, n in n_features.items()}
+            {
+                m: Discriminator(n, n_hidden=min(n_hidden, 64), sparse_input=m in sparse_inputs)
+                for m, n in n_features.items()
+            }
         )
         self.standardizers = nn.ModuleDict({m: _Standardizer(n) for m, n in n_features.items()})
         self.fusion = ModalityFusion(self.modalities, n_latent, mode=fusion)

@@ -96,6 +96,10 @@ class MLP(nn.Module):
         Dropout probability after each hidden layer.
     use_batch_norm
         Whether hidden layers use batch normalisation.
+    sparse_input
+        The input is mostly sparse CSR minibatches: the first layer's weight is stored column-major (features
+        contiguous per hidden unit's transposed row), the layout the sparse product reads and its weight gradient
+        has, so neither is copied in each step. Values and shapes are those of an ordinary ``nn.Linear``.
     """
 
     def __init__(
@@ -106,6 +110,7 @@ class MLP(nn.Module):
         n_layers: int = 2,
         dropout_rate: float = 0.1,
         use_batch_norm: bool = True,
+        sparse_input: bool = False,
     ):
         super().__init__()
         layers: list[nn.Module] = []
@@ -120,6 +125,8 @@ class MLP(nn.Module):
                 layers.append(nn.Dropout(dropout_rate))
             n_in = n_hidden
         layers.append(nn.Linear(n_in, n_output))
+        if sparse_input:
+            layers[0].weight = nn.Parameter(layers[0].weight.detach().t().contiguous().t())
         self.network = nn.Sequential(*layers)
 
     def forward(
@@ -244,9 +251,17 @@ class GroupHeads(nn.Module):
 class Discriminator(nn.Module):
     """Least-squares GAN discriminator: an MLP scoring each cell's profile as real (1) or generated (0)."""
 
-    def __init__(self, n_input: int, n_hidden: int = 64, n_layers: int = 1):
+    def __init__(self, n_input: int, n_hidden: int = 64, n_layers: int = 1, sparse_input: bool = False):
         super().__init__()
-        self.mlp = MLP(n_input, 1, n_hidden=n_hidden, n_layers=n_layers, dropout_rate=0.0, use_batch_norm=False)
+        self.mlp = MLP(
+            n_input,
+            1,
+            n_hidden=n_hidden,
+            n_layers=n_layers,
+            dropout_rate=0.0,
+            use_batch_norm=False,
+            sparse_input=sparse_input,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Score in (0, 1) for each cell (``x`` dense or sparse CSR)."""
