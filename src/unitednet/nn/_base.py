@@ -97,9 +97,9 @@ class MLP(nn.Module):
     use_batch_norm
         Whether hidden layers use batch normalisation.
     sparse_input
-        The input is mostly sparse CSR minibatches: the first layer's weight is stored column-major (features
-        contiguous per hidden unit's transposed row), the layout the sparse product reads and its weight gradient
-        has, so neither is copied in each step. Values and shapes are those of an ordinary ``nn.Linear``.
+        The input is mostly sparse CSR minibatches: the first layer's weight is stored column-major (the weights
+        of one input feature contiguous), the layout that the sparse product reads and that its weight gradient
+        has, so neither is copied in each step. Values and shape are those of an ordinary ``nn.Linear``.
     """
 
     def __init__(
