@@ -250,3 +250,14 @@ def test_backed_setup_checks_values_block_by_block(tmp_path, make_mudata, monkey
     atac_chunks = list(_validation.value_chunks(backed.mod["atac"].X))  # the stored non-zeros only
     assert sum(len(c) for c in atac_chunks) == mdata.mod["atac"].X.nnz and len(atac_chunks) > 1
     assert _validation.is_binary(backed.mod["atac"].X) and not _validation.is_binary(backed.mod["rna"].X)
+
+
+def test_sparse_modalities_keep_column_major_first_layers(mdata):
+    UnitedNetModel.setup_mudata(mdata, labels_key="cell_type")
+    model = UnitedNetModel(mdata, n_latent=4, n_hidden=8, n_layers=1)
+    atac = model.module.encoders["atac"].network[0].weight
+    assert atac.shape == (8, 32) and atac.stride() == (1, 8)  # the layout of the sparse product
+    assert model.module.discriminators["atac"].mlp.network[0].weight.stride() == (1, 8)
+    assert model.module.encoders["rna"].network[0].weight.is_contiguous()  # dense modality: nn.Linear's layout
+    model.train("supervised", max_epochs=1, batch_size=32, enable_progress_bar=False)
+    assert model.module.encoders["atac"].network[0].weight.stride() == (1, 8)

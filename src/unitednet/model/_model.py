@@ -201,6 +201,7 @@ class UnitedNetModel(BaseModelClass):
             clustering_updates_encoders=clustering_updates_encoders,
             loss_weighting=loss_weighting,
             gradnorm_alpha=gradnorm_alpha,
+            sparse_inputs=[m for m in self.modalities if self._is_sparse(m)],
         )
         self.task_: str | None = None
         self.split_: np.ndarray | None = None
@@ -471,6 +472,11 @@ class UnitedNetModel(BaseModelClass):
                 f"Give it the training features: `mdata.mod['{modality}'][:, model.var_names('{modality}')]`."
             )
         return X[:, adata.var_names.get_indexer(names)]
+
+    def _is_sparse(self, modality: str) -> bool:
+        """Whether the registered matrix of a modality is sparse (in memory or backed on disk)."""
+        X = self._matrix(self.adata, modality)
+        return sparse.issparse(X) or getattr(X, "format", None) in ("csr", "csc")
 
     def _resolve_mdata(self, mdata: MuData | None, modalities: Sequence[str]) -> MuData:
         unknown = [m for m in modalities if m not in self.modalities]

@@ -16,6 +16,9 @@ def _sparse_entries(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     return rows, x.col_indices(), x.values()
 
 
+_BLOCK_ELEMENTS = 1 << 18  # elements per block of the chunked softplus (1 MB of float32)
+
+
 class _BinaryCrossEntropyWithLogits(torch.autograd.Function):
     """Mean binary cross-entropy of logits against a dense or sparse CSR target.
 
@@ -25,7 +28,10 @@ class _BinaryCrossEntropyWithLogits(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        total = F.softplus(logits).sum()
+        # softplus summed a block of rows at a time: no temporary as large as the logits (on CPU such a temporary
+        # is fresh memory, slow to touch, each time)
+        rows = max(1, _BLOCK_ELEMENTS // max(logits.shape[-1], 1))
+        total = sum((F.softplus(block).sum() for block in logits.detach().split(rows)), logits.new_zeros(()))
         if target.layout == torch.sparse_csr:
             entries = _sparse_entries(target)
             total = total - (logits[entries[0], entries[1]] * entries[2]).sum()

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -104,6 +104,9 @@ class UnitedNetModule(BaseModuleClass):
         their fixed weights.
     gradnorm_alpha
         Asymmetry of GradNorm.
+    sparse_inputs
+        Modalities whose data come as sparse CSR minibatches: their encoder's and discriminator's first layers keep
+        the weight layout of the sparse product (see :class:`~unitednet.nn.MLP`).
     """
 
     def __init__(
@@ -127,6 +130,7 @@ class UnitedNetModule(BaseModuleClass):
         clustering_updates_encoders: bool = False,
         loss_weighting: LossWeighting = "fixed",
         gradnorm_alpha: float = 1.5,
+        sparse_inputs: Sequence[str] = (),
     ):
         super().__init__()
         self.modalities = list(n_features)
@@ -141,10 +145,19 @@ class UnitedNetModule(BaseModuleClass):
         self.norm = resolve_norm(norm, use_batch_norm)
         self.encoder_kind = encoder
         mlp = {"n_hidden": n_hidden, "n_layers": n_layers, "dropout_rate": dropout_rate, "norm": self.norm}
-        self.encoders = nn.ModuleDict({m: make_encoder(encoder, n, n_latent, **mlp) for m, n in n_features.items()})
+        sparse_inputs = set(sparse_inputs)
+        self.encoders = nn.ModuleDict(
+            {
+                m: make_encoder(encoder, n, n_latent, **mlp, sparse_input=m in sparse_inputs)
+                for m, n in n_features.items()
+            }
+        )
         self.decoders = nn.ModuleDict({m: MLP(n_latent, n, **mlp) for m, n in n_features.items()})
         self.discriminators = nn.ModuleDict(
-            {m: Discriminator(n, n_hidden=min(n_hidden, 64)) for m, n in n_features.items()}
+            {
+                m: Discriminator(n, n_hidden=min(n_hidden, 64), sparse_input=m in sparse_inputs)
+                for m, n in n_features.items()
+            }
         )
         self.standardizers = nn.ModuleDict({m: _Standardizer(n) for m, n in n_features.items()})
         # per-feature log inverse dispersion of each negative-binomial modality (updated with the decoders)

@@ -126,6 +126,10 @@ class MLP(nn.Module):
         Whether hidden layers use batch normalisation (when ``norm`` is not given).
     norm
         Normalisation of hidden layers: ``"batch"``, ``"layer"`` or ``"none"``; overrides ``use_batch_norm``.
+    sparse_input
+        The input is mostly sparse CSR minibatches: the first layer's weight is stored column-major (the weights
+        of one input feature contiguous), the layout that the sparse product reads and that its weight gradient
+        has, so neither is copied in each step. Values and shape are those of an ordinary ``nn.Linear``.
     """
 
     def __init__(
@@ -137,6 +141,7 @@ class MLP(nn.Module):
         dropout_rate: float = 0.1,
         use_batch_norm: bool = True,
         norm: Norm | None = None,
+        sparse_input: bool = False,
     ):
         super().__init__()
         norm = resolve_norm(norm, use_batch_norm)
@@ -152,6 +157,8 @@ class MLP(nn.Module):
                 layers.append(nn.Dropout(dropout_rate))
             n_in = n_hidden
         layers.append(nn.Linear(n_in, n_output))
+        if sparse_input:
+            layers[0].weight = nn.Parameter(layers[0].weight.detach().t().contiguous().t())
         self.network = nn.Sequential(*layers)
 
     def forward(
@@ -262,12 +269,20 @@ def make_encoder(
     dropout_rate: float = 0.1,
     use_batch_norm: bool = True,
     norm: Norm | None = None,
+    sparse_input: bool = False,
 ) -> nn.Module:
-    """An encoder of the given kind: :class:`MLP`, :class:`VariationalEncoder` or :class:`ResidualMLP`."""
+    """An encoder of the given kind: :class:`MLP`, :class:`VariationalEncoder` or :class:`ResidualMLP`.
+
+    ``sparse_input`` (mostly sparse CSR minibatches) sets the first layer's weight layout of an :class:`MLP` encoder;
+    the other kinds keep the default layout (same values, a weight copy per sparse step).
+    """
     classes = {"mlp": MLP, "variational": VariationalEncoder, "residual": ResidualMLP}
     if kind not in classes:
         raise ValueError(f"encoder must be one of {list(ENCODERS)}, got {kind!r}.")
-    return classes[kind](n_input, n_output, n_hidden, n_layers, dropout_rate, use_batch_norm, norm)
+    args = (n_input, n_output, n_hidden, n_layers, dropout_rate, use_batch_norm, norm)
+    if kind == "mlp":
+        return MLP(*args, sparse_input=sparse_input)
+    return classes[kind](*args)
 
 
 class ModalityFusion(nn.Module):
@@ -383,9 +398,17 @@ class GroupHeads(nn.Module):
 class Discriminator(nn.Module):
     """Least-squares GAN discriminator: an MLP scoring each cell's profile as real (1) or generated (0)."""
 
-    def __init__(self, n_input: int, n_hidden: int = 64, n_layers: int = 1):
+    def __init__(self, n_input: int, n_hidden: int = 64, n_layers: int = 1, sparse_input: bool = False):
         super().__init__()
-        self.mlp = MLP(n_input, 1, n_hidden=n_hidden, n_layers=n_layers, dropout_rate=0.0, use_batch_norm=False)
+        self.mlp = MLP(
+            n_input,
+            1,
+            n_hidden=n_hidden,
+            n_layers=n_layers,
+            dropout_rate=0.0,
+            use_batch_norm=False,
+            sparse_input=sparse_input,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Score in (0, 1) for each cell (``x`` dense or sparse CSR)."""
