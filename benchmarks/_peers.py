@@ -35,15 +35,36 @@ def _counts(X) -> sparse.csr_matrix:
     return X
 
 
-def _fit(model) -> float:
-    """Train with the scvi-tools defaults, quietly; returns the seconds taken."""
+def _fit(model) -> dict[str, Any]:
+    """Train with the scvi-tools defaults, quietly; returns the seconds taken and the epochs run."""
     import time
 
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.train(enable_progress_bar=False)
-    return time.perf_counter() - start
+    return {"fit_s": time.perf_counter() - start, "max_epochs": model.history["elbo_train"].shape[0]}
+
+
+def _latent(model) -> tuple[np.ndarray, dict[str, Any]]:
+    """Train a peer, then the latent mean of every cell and the run information."""
+    info = _fit(model)
+    return model.get_latent_representation(), info
+
+
+def cluster_latents(latents: dict[str, tuple[np.ndarray, dict]], test: np.ndarray, truth: np.ndarray, n_groups: int):
+    """Leiden clusterings (at K and at resolution 1) of the test cells' latent of each peer, as for every latent.
+
+    Returns the clustering scores keyed ``leiden_<peer>_k`` / ``leiden_<peer>_res1`` and the run information per peer.
+    """
+    from _baselines import knn_graph, leiden_runs
+
+    scores, runs = {}, {}
+    for name, (latent, info) in latents.items():
+        runs[name] = info
+        graph, _ = knn_graph(latent[test], seed=SEED)
+        scores.update(leiden_runs(graph, n_groups, truth, seed=SEED, prefix=f"leiden_{name}"))
+    return scores, runs
 
 
 def scvi_latent(rna_counts, batch: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
@@ -55,9 +76,7 @@ def scvi_latent(rna_counts, batch: np.ndarray) -> tuple[np.ndarray, dict[str, An
     adata = ad.AnnData(_counts(rna_counts))
     adata.obs["batch"] = np.asarray(batch).astype(str)
     scvi.model.SCVI.setup_anndata(adata, batch_key="batch")
-    model = scvi.model.SCVI(adata)
-    seconds = _fit(model)
-    return model.get_latent_representation(), {"fit_s": seconds, "max_epochs": model.history["elbo_train"].shape[0]}
+    return _latent(scvi.model.SCVI(adata))
 
 
 def _totalvi(rna_counts, protein_counts, batch: np.ndarray):
@@ -77,9 +96,7 @@ def _totalvi(rna_counts, protein_counts, batch: np.ndarray):
 
 def totalvi_latent(rna_counts, protein_counts, batch: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
     """totalVI on RNA and protein counts of every cell (batch as covariate): latent means and run information."""
-    model, _ = _totalvi(rna_counts, protein_counts, batch)
-    seconds = _fit(model)
-    return model.get_latent_representation(), {"fit_s": seconds, "max_epochs": model.history["elbo_train"].shape[0]}
+    return _latent(_totalvi(rna_counts, protein_counts, batch)[0])
 
 
 def totalvi_predict_protein(
@@ -100,7 +117,7 @@ def totalvi_predict_protein(
         raise ValueError("The test cells must form their own batch(es) so that their proteins count as unmeasured.")
     held_out = sparse.diags((~mask).astype(np.float32)) @ held_out
     model, adata = _totalvi(rna_counts, held_out, batch)
-    seconds = _fit(model)
+    info = _fit(model)
     _, protein = model.get_normalized_expression(
         adata,
         indices=test,
@@ -110,7 +127,7 @@ def totalvi_predict_protein(
         library_size="latent",
         return_numpy=True,
     )
-    return np.asarray(protein), {"fit_s": seconds, "max_epochs": model.history["elbo_train"].shape[0]}
+    return np.asarray(protein), info
 
 
 def clr(counts: np.ndarray) -> np.ndarray:
@@ -147,9 +164,7 @@ def _multivi(rna_counts, atac_binary, batch: np.ndarray):
 
 def multivi_latent(rna_counts, atac_binary, batch: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
     """MultiVI on RNA counts and binary accessibility of every cell (batch as covariate): latents and run info."""
-    model, _ = _multivi(rna_counts, atac_binary, batch)
-    seconds = _fit(model)
-    return model.get_latent_representation(), {"fit_s": seconds, "max_epochs": model.history["elbo_train"].shape[0]}
+    return _latent(_multivi(rna_counts, atac_binary, batch)[0])
 
 
 def multivi_predict_accessibility(
@@ -166,8 +181,8 @@ def multivi_predict_accessibility(
     keep[test] = 0
     held_out = sparse.diags(keep) @ sparse.csr_matrix(atac_binary, dtype=np.float32)
     model, adata = _multivi(rna_counts, held_out, batch)
-    seconds = _fit(model)
+    info = _fit(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         probabilities = model.get_normalized_accessibility(adata, indices=test, return_numpy=True)
-    return np.asarray(probabilities), {"fit_s": seconds, "max_epochs": model.history["elbo_train"].shape[0]}
+    return np.asarray(probabilities), info

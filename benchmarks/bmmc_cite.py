@@ -366,13 +366,10 @@ def run_peers(mdata, labels: np.ndarray, test: np.ndarray, n_groups: int) -> dic
         **adt_metrics(truth, _peers.clr(counts)),
         "fit_s": out["runs"]["totalvi_held_out"]["fit_s"],
     }
-    for name, (latent, info) in {
-        "totalvi": _peers.totalvi_latent(rna, adt, batch),
-        "scvi": _peers.scvi_latent(rna, batch),
-    }.items():
-        out["runs"][name] = info
-        graph, _ = knn_graph(latent[test], seed=SEED)
-        out["clustering"].update(leiden_runs(graph, n_groups, labels[test], seed=SEED, prefix=f"leiden_{name}"))
+    latents = {"totalvi": _peers.totalvi_latent(rna, adt, batch), "scvi": _peers.scvi_latent(rna, batch)}
+    scores, runs = _peers.cluster_latents(latents, test, labels[test], n_groups)
+    out["clustering"].update(scores)
+    out["runs"].update(runs)
     return out
 
 

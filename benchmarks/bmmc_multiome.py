@@ -352,13 +352,10 @@ def run_peers(mdata, labels, test, n_groups: int) -> dict[str, Any]:
     out["prediction"]["multivi (test atac held out)"] = {
         "rna->atac": prediction_metrics("atac", dense(atac)[test], probabilities)
     }
-    for name, (latent, info) in {
-        "multivi": _peers.multivi_latent(rna, atac, batch),
-        "scvi": _peers.scvi_latent(rna, batch),
-    }.items():
-        out["runs"][name] = info
-        graph, _ = knn_graph(latent[test], seed=SEED)
-        out["clustering"].update(leiden_runs(graph, n_groups, labels[test], seed=SEED, prefix=f"leiden_{name}"))
+    latents = {"multivi": _peers.multivi_latent(rna, atac, batch), "scvi": _peers.scvi_latent(rna, batch)}
+    scores, runs = _peers.cluster_latents(latents, test, labels[test], n_groups)
+    out["clustering"].update(scores)
+    out["runs"].update(runs)
     return out
 
 
