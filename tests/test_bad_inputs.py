@@ -680,8 +680,12 @@ def query_modality_renamed(ctx):
     model = ctx.trained
     query = ctx.query(model.adata)
     query.mod["expression"] = query.mod.pop("rna")
-    with pytest.warns(UserWarning, match=r"\['expression'\] are not modalities of the model.*\['rna'\] are missing"):
+    with pytest.warns(
+        UserWarning, match=r"\['expression'\] are not modalities of the model.*\['rna'\] are missing"
+    ) as record:
         latent = model.get_latent_representation(query)
+    # one warning per call, pointing at the caller's line
+    assert [Path(w.filename).name for w in record if "not modalities" in str(w.message)] == [Path(__file__).name]
     np.testing.assert_allclose(latent, model.get_latent_representation(modality="atac"), rtol=1e-5, atol=1e-6)
 
 

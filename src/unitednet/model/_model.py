@@ -478,13 +478,18 @@ class UnitedNetModel(BaseModelClass):
         X = self._matrix(self.adata, modality)
         return sparse.issparse(X) or getattr(X, "format", None) in ("csr", "csc")
 
-    def _resolve_mdata(self, mdata: MuData | None, modalities: Sequence[str]) -> MuData:
+    def _resolve_mdata(self, mdata: MuData | None, modalities: Sequence[str], check_names: bool = True) -> MuData:
+        """The MuData to read (the registered one for ``None``), after the input checks.
+
+        ``check_names=False`` when :meth:`_available` already checked the query's modality names.
+        """
         unknown = [m for m in modalities if m not in self.modalities]
         if mdata is None and not unknown:
             return self.adata
         if mdata is not None:
             check_mudata(mdata)
-            check_query_modalities(mdata, self.modalities)
+            if check_names:
+                check_query_modalities(mdata, self.modalities)
         if unknown:
             raise KeyError(f"Modalities {unknown} are not registered in the model; registered: {self.modalities}.")
         check_modalities(mdata, modalities)
@@ -1027,7 +1032,7 @@ class UnitedNetModel(BaseModelClass):
         """
         self._check_trained()
         mods = [modality] if modality is not None else self._available(mdata)
-        mdata = self._resolve_mdata(mdata, mods)
+        mdata = self._resolve_mdata(mdata, mods, check_names=modality is not None)
         self.module.eval()
         out = []
         for x in self._batches(mdata, mods, batch_size, keep_sparse=True):
@@ -1063,7 +1068,7 @@ class UnitedNetModel(BaseModelClass):
                 "'unsupervised' to predict groups."
             )
         mods = self._available(mdata)
-        mdata = self._resolve_mdata(mdata, mods)
+        mdata = self._resolve_mdata(mdata, mods, check_names=False)
         self.module.eval()
         probs = np.concatenate(
             [

@@ -503,7 +503,7 @@ class UnitedNetPerturbationModel(UnitedNetModel):
         """
         self._check_trained()
         mods = self._available(mdata)
-        mdata = self._resolve_mdata(mdata, mods)
+        mdata = self._resolve_mdata(mdata, mods, check_names=False)
         self.module.eval()
         probs = np.concatenate(
             [
@@ -589,7 +589,7 @@ class UnitedNetPerturbationModel(UnitedNetModel):
         src, tgt = self._perturbation_code(source, "source"), self._perturbation_code(str(target), "target")
         view = self.adata if mdata is None else mdata
         mods = self._available(mdata)
-        resolved = self._resolve_mdata(mdata, mods)
+        resolved = self._resolve_mdata(mdata, mods, check_names=False)
         if mode != "decode" and modality not in mods:
             raise ValueError(
                 f"mode={mode!r} adds a change to the measured {modality!r} profiles, which the query lacks; "

@@ -213,7 +213,7 @@ def check_query_modalities(mdata: MuData, registered: Sequence[str]) -> None:
             f"{missing} are missing from the query, so only {[m for m in registered if m in mdata.mod]} are used. "
             "Rename a query modality if it holds one of the missing ones.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=5,  # the caller of the model's (inference-mode wrapped) method
         )
 
 
