@@ -1,0 +1,107 @@
+"""BMMC CITE starter, supervised UnitedNet over several seeds: test accuracy, RNA -> ADT RMSE, validation loss.
+
+A quick check that a change to training leaves the model's quality where it was: run it on the commit before and
+after the change (e.g. ``git worktree add /tmp/before <commit>`` and ``PYTHONPATH=/tmp/before/src python
+benchmarks/cite_seeds.py``) and compare the seeds pairwise.
+
+Protocol: ``unitednet.datasets.bmmc_cite()``, modalities ``rna`` + ``adt`` (``X``, gaussian), labels ``cell_type``;
+``model.train("supervised", split_key="split", validation_size=0.1, max_epochs=200, batch_size=128)`` after
+``scvi.settings.seed = seed``, i.e. 10 % of the s1d1 cells for validation and the s1d2 cells as test cells, which
+training never reads. Reported per seed: accuracy on the test cells, RNA -> ADT RMSE over all their entries (the
+OpenProblems definition), the lowest validation loss; then the mean and sd over seeds.
+
+Run from the repository root: ``python benchmarks/cite_seeds.py`` (about 2 minutes on one thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import (
+    default_json_path,
+    machine_info,
+    mean_sd,
+    package_versions,
+    print_table,
+    quiet,
+    set_threads,
+    use_local_data,
+    write_json,
+)
+
+NAME = "cite_seeds"
+
+
+def run(seed: int, epochs: int) -> dict[str, Any]:
+    """Train one supervised model with ``seed`` and score it on the s1d2 cells."""
+    import scvi
+
+    import unitednet as un
+
+    mdata = un.datasets.bmmc_cite()
+    scvi.settings.seed = seed
+    un.UnitedNetModel.setup_mudata(mdata, modalities=["rna", "adt"], labels_key="cell_type")
+    model = un.UnitedNetModel(mdata)
+    model.train(
+        "supervised",
+        max_epochs=epochs,
+        batch_size=128,
+        split_key="split",
+        validation_size=0.1,
+        enable_progress_bar=False,
+    )
+    test = mdata[mdata.obs["split"].astype(str).to_numpy() == "test"].copy()
+    accuracy = float((model.predict_labels(test) == test.obs["cell_type"].astype(str).to_numpy()).mean())
+    pred = model.predict_modality(test, source="rna", target="adt")
+    rmse = float(np.sqrt(np.mean((pred - test.mod["adt"].X.toarray()) ** 2)))
+    return {
+        "seed": seed,
+        "accuracy": accuracy,
+        "rmse": rmse,
+        "validation_loss": float(model.history["validation_loss"].min().iloc[0]),
+        "best_epoch": model.best_epoch_,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the seeds, print the table and write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--max-epochs", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--out", type=Path, default=default_json_path(NAME), help="JSON output path")
+    args = parser.parse_args(argv)
+    data_dir = use_local_data()
+    n_threads = set_threads(args.threads)
+    import unitednet as un
+
+    quiet()
+    rows = [run(seed, args.max_epochs) for seed in args.seeds]
+    summary = {}
+    for key in ("accuracy", "rmse", "validation_loss"):
+        mean, sd = mean_sd([r[key] for r in rows])
+        summary[key] = {"mean": mean, "sd": sd}
+    print_table(
+        "BMMC CITE, supervised, s1d2 test cells",
+        [*rows, {"seed": "mean", **{k: v["mean"] for k, v in summary.items()}}],
+    )
+    out = {
+        "benchmark": NAME,
+        "protocol": __doc__,
+        "settings": {"seeds": args.seeds, "max_epochs": args.max_epochs, "threads": n_threads, "data_dir": data_dir},
+        "runs": rows,
+        "summary": summary,
+        "unitednet_file": un.__file__,
+        "machine": machine_info(),
+        "versions": package_versions(["unitednet", "scvi-tools", "torch"]),
+    }
+    path = write_json(out, args.out)
+    print(f"wrote {path}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
