@@ -125,16 +125,31 @@ def peak_rss_mb() -> float:
     return peak / (1024**2) if sys.platform == "darwin" else peak / 1024
 
 
-def current_rss_mb() -> float:
-    """Current resident set size of this process in MB (``VmRSS`` of ``/proc/self/status``; NaN where unavailable)."""
+def proc_status_mb(field: str) -> float:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MB; NaN where unavailable."""
     try:
         with open("/proc/self/status") as handle:
             for line in handle:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
     return float("nan")
+
+
+def current_rss_mb() -> float:
+    """Current resident set size of this process in MB (``VmRSS``; NaN where unavailable)."""
+    return proc_status_mb("VmRSS")
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's resident-set high-water mark (``VmHWM``); False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
 
 
 @dataclass

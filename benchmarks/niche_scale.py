@@ -35,7 +35,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import default_json_path, machine_info, package_versions, print_table, write_json
+from _common import (
+    default_json_path,
+    machine_info,
+    package_versions,
+    print_table,
+    proc_status_mb,
+    reset_peak_rss,
+    write_json,
+)
 
 NAME = "niche_scale"
 SIZES = (10_000, 100_000, 1_000_000)
@@ -65,24 +73,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------------------------------
 # memory (Linux /proc)
 # ---------------------------------------------------------------------------------------------------------------------
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _reset_peak() -> bool:
-    """Reset the resident-set high-water mark (``VmHWM``) of this process; False where the kernel does not allow it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # one size, in its own process
 # ---------------------------------------------------------------------------------------------------------------------
@@ -156,12 +146,12 @@ def worker(args: argparse.Namespace) -> dict:
         return {"n_cells": n, "traced_peak_mb": peak}
     seconds, peaks = [], []
     for _ in range(args.repeats):
-        before = _status_mb("VmRSS")
-        reset = _reset_peak()
+        before = proc_status_mb("VmRSS")
+        reset = reset_peak_rss()
         start = time.perf_counter()
         call()
         seconds.append(time.perf_counter() - start)
-        peaks.append(_status_mb("VmHWM") - before if reset else float("nan"))
+        peaks.append(proc_status_mb("VmHWM") - before if reset else float("nan"))
     graph = mdata["niche"].obsp["spatial_connectivities"]
     return {
         "n_cells": n,

@@ -43,7 +43,9 @@ from _common import (
     machine_info,
     package_versions,
     print_table,
+    proc_status_mb,
     quiet,
+    reset_peak_rss,
     set_threads,
     timer,
     write_json,
@@ -141,26 +143,6 @@ def matmul_rate(batch_size: int, n_hidden: int, n_out: int, repeats: int = 20) -
 # ---------------------------------------------------------------------------------------------------------------------
 # one configuration (runs in a subprocess)
 # ---------------------------------------------------------------------------------------------------------------------
-def _status_mb(field: str) -> float:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     """Build the data and train one epoch of one method; return time, memory and counts."""
     n_threads = set_threads(args.threads, verbose=False)
@@ -190,8 +172,8 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         mdata = make_mudata(args.n_cells, args.n_dense, args.n_sparse, args.density)
     peaks = mdata.mod["peaks"].X
     nnz = {"gauss": float(args.n_dense), "peaks": peaks.nnz / peaks.shape[0]}
-    data_rss = _status_mb("VmRSS")
-    reset = _reset_peak_rss()
+    data_rss = proc_status_mb("VmRSS")
+    reset = reset_peak_rss()
     scvi.settings.seed = SEED
     probe = EpochTimer()
     method = args.worker_method
@@ -213,7 +195,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
             flops = unitednet_epoch_flops(
                 args.n_cells, {"gauss": args.n_dense, "peaks": args.n_sparse}, nnz, task, batch_size=args.batch_size
             )
-    peak = _status_mb("VmHWM") if reset else float("nan")
+    peak = proc_status_mb("VmHWM") if reset else float("nan")
     return {
         "method": method,
         "n_cells": args.n_cells,

@@ -49,7 +49,9 @@ from _common import (
     package_versions,
     peak_rss_mb,
     print_table,
+    proc_status_mb,
     quiet,
+    reset_peak_rss,
     set_threads,
     timer,
     write_json,
@@ -66,31 +68,9 @@ ROW_BLOCK = 250  # rows of the sparse modality generated at once (250 x 20,000 f
 # ---------------------------------------------------------------------------------------------------------------------
 # memory helpers (Linux /proc; NaN elsewhere)
 # ---------------------------------------------------------------------------------------------------------------------
-def _status_mb(field: str) -> float:
-    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MB; NaN when unavailable."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
 def _traced_peak_mb() -> float:
     """Peak of Python-tracked allocations since the last reset, in MB (NaN when tracemalloc is off)."""
     return tracemalloc.get_traced_memory()[1] / 1024**2 if tracemalloc.is_tracing() else float("nan")
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter (``VmHWM``) of this process to the current RSS; False if unsupported."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -168,8 +148,8 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
             self.loop: dict[str, float] = {}
 
         def on_train_start(self, trainer, pl_module):
-            self.preamble = {"peak_rss_mb": _status_mb("VmHWM"), "traced_peak_mb": _traced_peak_mb()}
-            self.loop = {"start_rss_mb": _status_mb("VmRSS")}
+            self.preamble = {"peak_rss_mb": proc_status_mb("VmHWM"), "traced_peak_mb": _traced_peak_mb()}
+            self.loop = {"start_rss_mb": proc_status_mb("VmRSS")}
             reset_peak_rss()
             if tracemalloc.is_tracing():
                 tracemalloc.reset_peak()
@@ -184,7 +164,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
             self.seconds.append(time.perf_counter() - self._start)
 
         def on_train_end(self, trainer, pl_module):
-            self.loop.update(peak_rss_mb=_status_mb("VmHWM"), traced_peak_mb=_traced_peak_mb())
+            self.loop.update(peak_rss_mb=proc_status_mb("VmHWM"), traced_peak_mb=_traced_peak_mb())
 
     task = args.worker_task
     with timer() as t_data:
@@ -203,7 +183,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         "build_s": t_data.seconds,
     }
     gc.collect()
-    baseline_rss = _status_mb("VmRSS")
+    baseline_rss = proc_status_mb("VmRSS")
     peak_reset = reset_peak_rss()
     if args.tracemalloc:
         tracemalloc.start()
@@ -214,7 +194,11 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     with timer() as t_setup:
         UnitedNetModel.setup_mudata(mdata, modalities=["gauss", "peaks"], labels_key="group")
         model = UnitedNetModel(mdata)
-    setup = {"peak_rss_mb": _status_mb("VmHWM"), "traced_peak_mb": _traced_peak_mb(), "end_rss_mb": _status_mb("VmRSS")}
+    setup = {
+        "peak_rss_mb": proc_status_mb("VmHWM"),
+        "traced_peak_mb": _traced_peak_mb(),
+        "end_rss_mb": proc_status_mb("VmRSS"),
+    }
     reset_peak_rss()
     if tracemalloc.is_tracing():
         tracemalloc.reset_peak()

@@ -54,6 +54,16 @@ from ._validation import (
 logger = logging.getLogger(__name__)
 
 
+def _check_model_file(dir_path, prefix: str | None) -> None:
+    """Raise unless ``dir_path`` holds a model saved by :meth:`UnitedNetModel.save` (with ``prefix``)."""
+    path = Path(dir_path) / f"{prefix or ''}model.pt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No saved model at {str(dir_path)!r}: {path.name} is missing. Give the folder passed to "
+            "`model.save(dir_path)`."
+        )
+
+
 class UnitedNetModel(BaseModelClass):
     """UnitedNet: explainable multi-task learning on paired multi-modal single-cell data.
 
@@ -292,8 +302,7 @@ class UnitedNetModel(BaseModelClass):
                 )
             X = adata.X if layer is None else adata.layers[layer]
             where = f"Modality {m!r} ({'X' if layer is None else 'layer ' + repr(layer)})"
-            check_finite(X, where)
-            resolved[m] = resolve_likelihood(X, likelihoods.get(m), m, where)
+            resolved[m] = resolve_likelihood(X, likelihoods.get(m), m, where)  # NaN checks included
         for key, name in ((labels_key, "labels_key"), (batch_key, "batch_key")):
             if key is None:
                 continue
@@ -341,10 +350,12 @@ class UnitedNetModel(BaseModelClass):
         -------
         The loaded model.
         """
-        saved = cls.saved_var_names(dir_path, prefix=kwargs.get("prefix"))
-        if adata is not None:
+        if adata is None:
+            _check_model_file(dir_path, kwargs.get("prefix"))
+        else:
             check_mudata(adata)
-            cls._check_saved_features(adata, saved)
+            # read before scvi registers adata: the weights are positional, so mismatched features must stop here
+            cls._check_saved_features(adata, cls.saved_var_names(dir_path, prefix=kwargs.get("prefix")))
         return super().load(dir_path, adata=adata, **kwargs)
 
     @classmethod
@@ -362,12 +373,7 @@ class UnitedNetModel(BaseModelClass):
         -------
         Feature names per registered modality.
         """
-        path = Path(dir_path) / f"{prefix or ''}model.pt"
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"No saved model at {str(dir_path)!r}: {path.name} is missing. Give the folder passed to "
-                "`model.save(dir_path)`."
-            )
+        _check_model_file(dir_path, prefix)
         attr_dict, var_names, _, _ = _load_saved_files(str(dir_path), False, prefix=prefix, map_location="cpu")
         return {m: pd.Index(var_names[m]) for m in attr_dict["registry_"][_SETUP_ARGS_KEY]["modalities"]}
 

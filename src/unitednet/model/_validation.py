@@ -7,6 +7,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import h5py
 import numpy as np
@@ -38,12 +39,7 @@ def value_chunks(X, chunk_size: int = 1 << 22) -> Iterator[np.ndarray]:
         yield np.asarray(X).ravel()
 
 
-def check_finite(X, where: str) -> None:
-    """Raise if a matrix holds NaN or infinite values."""
-    n_bad = 0
-    for values in value_chunks(X):
-        if np.issubdtype(values.dtype, np.floating):
-            n_bad += int((~np.isfinite(values)).sum())
+def _raise_if_nonfinite(n_bad: int, where: str) -> None:
     if n_bad:
         raise ValueError(
             f"{where} contains {n_bad} NaN or infinite values. Impute or remove them (e.g. replace with 0 or drop "
@@ -51,21 +47,52 @@ def check_finite(X, where: str) -> None:
         )
 
 
+def _n_nonfinite(values: np.ndarray) -> int:
+    return int((~np.isfinite(values)).sum()) if np.issubdtype(values.dtype, np.floating) else 0
+
+
+def check_finite(X, where: str) -> None:
+    """Raise if a matrix holds NaN or infinite values."""
+    _raise_if_nonfinite(sum(_n_nonfinite(values) for values in value_chunks(X)), where)
+
+
 def is_binary(X) -> bool:
     """Whether every value of a matrix is 0 or 1."""
     return all(np.isin(values, (0, 1)).all() for values in value_chunks(X))
 
 
-def count_problem(X) -> str | None:
-    """Why a matrix cannot be raw counts (negative or non-integer values), or ``None`` when it can.
+@dataclass(frozen=True)
+class ValueSummary:
+    """What set-up checks of a matrix's stored values, gathered in one pass by :func:`summarize_values`."""
 
-    The values are read chunk by chunk (see :func:`value_chunks`): a backed matrix is never read whole.
+    n_nonfinite: int
+    binary: bool
+    n_negative: int
+    minimum: float
+    n_fraction: int
+    fraction_example: float | None
+
+    def count_problem(self) -> str | None:
+        """Why the matrix cannot be raw counts (negative or non-integer values), or ``None`` when it can."""
+        if self.n_negative:
+            return f"{self.n_negative} negative values (minimum {self.minimum:.4g})"
+        if self.n_fraction:
+            return f"{self.n_fraction} non-integer values (e.g. {self.fraction_example:.4g})"
+        return None
+
+
+def summarize_values(X) -> ValueSummary:
+    """Non-finite, binary, negative and non-integer values of a matrix, in one pass.
+
+    The values are read chunk by chunk (see :func:`value_chunks`): a backed matrix is read a single time, never whole.
     """
-    n_negative = n_fraction = 0
-    minimum, example = np.inf, None
+    n_nonfinite = n_negative = n_fraction = 0
+    binary, minimum, example = True, np.inf, None
     for values in value_chunks(X):
         if values.size == 0:
             continue
+        n_nonfinite += _n_nonfinite(values)
+        binary = binary and bool(np.isin(values, (0, 1)).all())
         negative = values < 0
         if negative.any():
             n_negative += int(negative.sum())
@@ -75,24 +102,22 @@ def count_problem(X) -> str | None:
             if fraction.any():
                 n_fraction += int(fraction.sum())
                 example = values[fraction][0] if example is None else example
-    if n_negative:
-        return f"{n_negative} negative values (minimum {minimum:.4g})"
-    if n_fraction:
-        return f"{n_fraction} non-integer values (e.g. {example:.4g})"
-    return None
+    return ValueSummary(n_nonfinite, binary, n_negative, minimum, n_fraction, example)
 
 
 def resolve_likelihood(X, likelihood: str | None, modality: str, where: str) -> str:
     """The likelihood of a modality: the declared one after checking that the data fit it, or the inferred one.
 
-    Inference: ``"bernoulli"`` when every value is 0 or 1, ``"gaussian"`` otherwise. ``"nb"`` is never inferred (that
-    would change how existing count matrices are modelled); when the data are non-negative integers an INFO message
-    suggests it.
+    Raises first if the matrix holds NaN or infinite values. Inference: ``"bernoulli"`` when every value is 0 or 1,
+    ``"gaussian"`` otherwise. ``"nb"`` is never inferred (that would change how existing count matrices are
+    modelled); when the data are non-negative integers an INFO message suggests it. The values are read once.
     """
+    summary = summarize_values(X)
+    _raise_if_nonfinite(summary.n_nonfinite, where)
     if likelihood is None:
-        if is_binary(X):
+        if summary.binary:
             return "bernoulli"
-        if count_problem(X) is None:
+        if summary.count_problem() is None:
             logger.info(
                 "%s holds non-negative integers (raw counts?) and is modelled as 'gaussian'; pass "
                 "likelihoods={'%s': 'nb'} to model it with a negative binomial.",
@@ -102,14 +127,14 @@ def resolve_likelihood(X, likelihood: str | None, modality: str, where: str) -> 
         return "gaussian"
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"Likelihood of {modality!r} must be one of {list(LIKELIHOODS)}, got {likelihood!r}.")
-    if likelihood == "bernoulli" and not is_binary(X):
+    if likelihood == "bernoulli" and not summary.binary:
         raise ValueError(
             f"{where} is declared 'bernoulli' but holds values other than 0 and 1. Binarise it first "
             f"(e.g. `mdata.mod['{modality}'].layers['binary'] = (X > 0).astype('float32')` and layers="
             f"{{'{modality}': 'binary'}}) or use likelihoods={{'{modality}': 'gaussian'}}."
         )
     if likelihood == "nb":
-        problem = count_problem(X)
+        problem = summary.count_problem()
         if problem is not None:
             raise ValueError(
                 f"{where} is declared 'nb' (negative binomial, raw counts) but holds {problem}. Register the raw "
