@@ -111,6 +111,16 @@ def test_fit_without_batch_norm(tiny_h5mu, tmp_path):
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in model.module.modules())
 
 
+def test_fit_in_bf16_mixed_precision(tiny_h5mu, tmp_path):
+    out = tmp_path / "out"
+    assert _fit(tiny_h5mu, out, "--precision", "bf16-mixed") == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["precision"] == "bf16-mixed"
+    model = UnitedNetModel.load(str(out / "model"), md.read_h5mu(out / "annotated.h5mu"))
+    assert all(p.dtype == torch.float32 for p in model.module.parameters())
+    assert np.isfinite(model.history["validation_loss"].to_numpy()).all()
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [

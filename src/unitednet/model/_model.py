@@ -630,6 +630,11 @@ class UnitedNetModel(BaseModelClass):
             devices=2``): each minibatch of ``batch_size`` cells is shared among the processes and their gradients
             averaged; every process validates on all validation cells. It runs as Lightning's
             ``"ddp_find_unused_parameters_true"`` (each objective updates part of the parameters).
+            ``precision="bf16-mixed"`` runs the dense matrix products in bfloat16 (Lightning's mixed precision):
+            on CPUs with AMX or AVX512-BF16 an epoch of the benchmark in ``benchmarks/scale.py`` takes about
+            0.7x the float32 time; CPUs without those instructions run bfloat16 products slowly. The parameters,
+            the optimizer, the sparse first layers and every loss stay in float32; inference (``tl`` functions)
+            always runs in float32.
 
         Returns
         -------

@@ -2,8 +2,40 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 import torch.nn.functional as F
+
+_F = TypeVar("_F", bound=Callable[..., torch.Tensor])
+
+
+def full_precision(loss: _F) -> _F:
+    """Evaluate a loss in float32, outside autocast.
+
+    Under mixed precision (``precision="bf16-mixed"`` or ``"16-mixed"``) the network's outputs are half-precision;
+    a loss of them is computed in float32, so that its value (logged, and compared across epochs to keep the best
+    weights) and its reductions keep float32 accuracy. Floating-point tensor arguments are cast to float32 (the
+    gradient flows back through the cast); without autocast the function runs unchanged.
+    """
+
+    def cast(value):
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.layout == torch.strided:
+            return value.float()
+        return value
+
+    @functools.wraps(loss)
+    def wrapper(*args, **kwargs):
+        device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+        if not torch.is_autocast_enabled(device):
+            return loss(*args, **kwargs)
+        with torch.autocast(device, enabled=False):
+            return loss(*(cast(a) for a in args), **{k: cast(v) for k, v in kwargs.items()})
+
+    return wrapper  # type: ignore[return-value]
+
 
 MAX_LOG_MEAN = 15.0
 """Upper clamp of a negative-binomial decoder's log mean (``exp(15)`` is about 3.3 million counts)."""
@@ -53,6 +85,7 @@ class _BinaryCrossEntropyWithLogits(torch.autograd.Function):
         return out.mul_(grad / logits.numel()), None
 
 
+@full_precision
 def nb_log_likelihood(x: torch.Tensor, log_mu: torch.Tensor, log_theta: torch.Tensor) -> torch.Tensor:
     """Elementwise log-likelihood of counts under a negative binomial with mean ``mu`` and inverse dispersion ``theta``.
 
@@ -82,6 +115,7 @@ def nb_log_likelihood(x: torch.Tensor, log_mu: torch.Tensor, log_theta: torch.Te
     )
 
 
+@full_precision
 def reconstruction_error(
     x_hat: torch.Tensor, x: torch.Tensor, likelihood: str, log_theta: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -102,11 +136,13 @@ def reconstruction_error(
     return F.mse_loss(x_hat, x)
 
 
+@full_precision
 def lsgan_loss(scores: torch.Tensor, target: float) -> torch.Tensor:
     """Least-squares GAN loss: mean squared distance of the discriminator scores to ``target`` (1 real, 0 fake)."""
     return ((scores - target) ** 2).mean()
 
 
+@full_precision
 def contrastive_loss(
     z_a: torch.Tensor, z_b: torch.Tensor, groups: torch.Tensor | None = None, temperature: float = 0.1
 ) -> torch.Tensor:
@@ -149,6 +185,7 @@ def _cauchy_schwarz_divergence(a: torch.Tensor, kernel: torch.Tensor) -> torch.T
     return off.sum() * 2 / (k * (k - 1))
 
 
+@full_precision
 def ddc_loss(hidden: torch.Tensor, probs: torch.Tensor, rel_sigma: float = 0.15) -> torch.Tensor:
     """Deep divergence-based clustering loss (Kampffmeyer et al., 2019).
 
@@ -176,6 +213,7 @@ def ddc_loss(hidden: torch.Tensor, probs: torch.Tensor, rel_sigma: float = 0.15)
     return ddc1 + ddc2 + ddc3
 
 
+@full_precision
 def self_entropy_loss(probs: torch.Tensor) -> torch.Tensor:
     """Negative entropy of the mean group probability, shifted so that balanced groups give 0."""
     mean = probs.mean(0).clamp_min(1e-12)

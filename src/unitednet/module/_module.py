@@ -12,7 +12,15 @@ from unitednet._constants import DEFAULT_LOSS_WEIGHTS, OBJECTIVE_LOSSES, REGISTR
 from unitednet.nn import MLP, Discriminator, GroupHeads, ModalityFusion, VariationalEncoder, make_encoder
 from unitednet.nn._base import Encoder, Norm, is_sparse_batch, resolve_norm
 
-from ._losses import MAX_LOG_MEAN, contrastive_loss, ddc_loss, lsgan_loss, reconstruction_error, self_entropy_loss
+from ._losses import (
+    MAX_LOG_MEAN,
+    contrastive_loss,
+    ddc_loss,
+    full_precision,
+    lsgan_loss,
+    reconstruction_error,
+    self_entropy_loss,
+)
 from ._weighting import LossBalancer, LossWeighting
 
 PRESENCE_PREFIX = "present_"
@@ -553,7 +561,8 @@ class UnitedNetModule(BaseModuleClass):
                     return {}, None  # no labelled cell in this batch: no term, no step, no head comparison
                 logits = [lg[labelled] for lg in logits]
                 labels = labels[labelled]
-            per_head = torch.stack([F.cross_entropy(lg, labels, weight=self.class_weights) for lg in logits])
+            cross_entropy = full_precision(F.cross_entropy)
+            per_head = torch.stack([cross_entropy(lg, labels, weight=self.class_weights) for lg in logits])
             return {"classification": per_head.mean()}, per_head.detach()
         # clustering: by default the DDC terms update fusion and heads only, so the encoders' latents are detached
         z = inference_outputs["z"]

@@ -73,15 +73,20 @@ class _SparseLinear(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(x)
         ctx.has_bias = bias is not None
-        out = torch.sparse.mm(x, weight.t())
-        return out if bias is None else out.add_(bias)
+        # torch's sparse products have no reduced-precision kernels: under autocast (bf16/fp16) this layer stays in
+        # the parameters' precision and the next layers cast its output
+        with torch.autocast(x.device.type, enabled=False):
+            out = torch.sparse.mm(x, weight.float().t())
+            return out if bias is None else out.add_(bias.float())
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (x,) = ctx.saved_tensors
         grad_weight = grad_bias = None
+        grad = grad.float()
         if ctx.needs_input_grad[1]:
-            grad_weight = torch.sparse.mm(sparse_transpose(x), grad).t()
+            with torch.autocast(x.device.type, enabled=False):
+                grad_weight = torch.sparse.mm(sparse_transpose(x), grad).t()
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum(0)
         return None, grad_weight, grad_bias
@@ -101,9 +106,11 @@ def linear(
         return layer(x)
     weight, bias = layer.weight, layer.bias
     if loc is not None:
-        weight = weight / scale
-        shift = weight @ loc
-        bias = -shift if bias is None else bias - shift
+        # folded in float32 under autocast too (a bfloat16 product would round the shift of large means)
+        with torch.autocast(x.device.type, enabled=False):
+            weight = weight.float() / scale.float()
+            shift = weight @ loc.float()
+            bias = -shift if bias is None else bias.float() - shift
     return _SparseLinear.apply(x, weight, bias)
 
 
