@@ -117,6 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-adapt", action="store_true", help="skip the transductive adaptations")
     parser.add_argument("--no-peers", action="store_true", help="skip the scvi-tools peers (MultiVI, scVI)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--precision", choices=["32", "bf16-mixed"], default="32", help="UnitedNet training precision")
     parser.add_argument("--out", type=Path, default=default_json_path(NAME), help="JSON output path")
     parser.add_argument(
         "--tracemalloc", action="store_true", help="trace the peak of Python-tracked allocations per training"
@@ -230,7 +231,12 @@ def run_unitednet(task: str, mdata, test, truth, seen, n_groups: int, args) -> t
         labels_key=LABELS_KEY if task == "supervised" else None,
         batch_key=BATCH_KEY,
     )
-    train_kwargs = {"max_epochs": args.max_epochs, "batch_size": args.batch_size, "enable_progress_bar": False}
+    train_kwargs = {
+        "max_epochs": args.max_epochs,
+        "batch_size": args.batch_size,
+        "enable_progress_bar": False,
+        "precision": args.precision,
+    }
     result: dict[str, Any] = {"task": task, "split_key": SPLIT_KEY, "validation_size": VALIDATION_SIZE}
     scvi.settings.seed = SEED
     model = un.UnitedNetModel(mdata, **({"n_groups": n_groups} if task == "unsupervised" else {}))
@@ -565,6 +571,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "max_epochs": args.max_epochs,
             "adapt_epochs": args.adapt_epochs,
             "batch_size": args.batch_size,
+            "precision": args.precision,
             "threads": n_threads,
             "seed": SEED,
             "validation_size": VALIDATION_SIZE,

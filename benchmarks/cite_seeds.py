@@ -35,7 +35,7 @@ from _common import (
 NAME = "cite_seeds"
 
 
-def run(seed: int, epochs: int) -> dict[str, Any]:
+def run(seed: int, epochs: int, precision: str = "32") -> dict[str, Any]:
     """Train one supervised model with ``seed`` and score it on the s1d2 cells."""
     import scvi
 
@@ -52,6 +52,7 @@ def run(seed: int, epochs: int) -> dict[str, Any]:
         split_key="split",
         validation_size=0.1,
         enable_progress_bar=False,
+        precision=precision,
     )
     test = mdata[mdata.obs["split"].astype(str).to_numpy() == "test"].copy()
     accuracy = float((model.predict_labels(test) == test.obs["cell_type"].astype(str).to_numpy()).mean())
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--max-epochs", type=int, default=200)
+    parser.add_argument("--precision", choices=["32", "bf16-mixed"], default="32", help="training precision")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--out", type=Path, default=default_json_path(NAME), help="JSON output path")
     args = parser.parse_args(argv)
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import unitednet as un
 
     quiet()
-    rows = [run(seed, args.max_epochs) for seed in args.seeds]
+    rows = [run(seed, args.max_epochs, args.precision) for seed in args.seeds]
     summary = {}
     for key in ("accuracy", "rmse", "validation_loss"):
         mean, sd = mean_sd([r[key] for r in rows])
@@ -91,7 +93,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = {
         "benchmark": NAME,
         "protocol": __doc__,
-        "settings": {"seeds": args.seeds, "max_epochs": args.max_epochs, "threads": n_threads, "data_dir": data_dir},
+        "settings": {
+            "seeds": args.seeds,
+            "max_epochs": args.max_epochs,
+            "precision": args.precision,
+            "threads": n_threads,
+            "data_dir": data_dir,
+        },
         "runs": rows,
         "summary": summary,
         "unitednet_file": un.__file__,

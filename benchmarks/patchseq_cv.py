@@ -163,6 +163,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="UnitedNet minibatch size (the one patchseq_select_unsupervised used)",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--precision", choices=["32", "bf16-mixed"], default="32", help="UnitedNet training precision")
     parser.add_argument("--out", type=Path, default=default_json_path(NAME), help="JSON output path")
     parser.add_argument(
         "--tracemalloc",
@@ -228,7 +229,12 @@ def run_unitednet(task: str, train_md, test_md, args, test_z, stats) -> dict[str
 
     with traced_peak(args.tracemalloc) as traced, timer() as t_train:
         model.train(
-            task, max_epochs=args.max_epochs, batch_size=args.batch_size, enable_progress_bar=False, **train_kwargs
+            task,
+            max_epochs=args.max_epochs,
+            batch_size=args.batch_size,
+            enable_progress_bar=False,
+            precision=args.precision,
+            **train_kwargs,
         )
     rss_after_train = peak_rss_mb()
     n_val = int((np.asarray(model.split_) == "validation").sum())
@@ -675,6 +681,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "max_epochs": args.max_epochs,
             "batch_size": args.batch_size,
             "train_size": TRAIN_SIZE,
+            "precision": args.precision,
             "threads": threads,
             "n_groups": N_GROUPS,
             "labels_key": LABELS_KEY,
