@@ -1112,18 +1112,31 @@ class UnitedNetModel(BaseModelClass):
         Returns
         -------
         Dense array cells x target features in the target's units: probabilities for bernoulli modalities, values
-        on the scale of the registered layer for gaussian ones.
+        on the scale of the registered layer for gaussian ones. The whole array is held in memory; to write a
+        prediction too large for memory to disk one minibatch at a time, use
+        ``unitednet.tl.predict_modality(model, mdata, source=..., target=..., out="prediction.h5ad")``.
+        """
+        return np.concatenate(list(self._prediction_blocks(mdata, source=source, target=target, batch_size=batch_size)))
+
+    @torch.inference_mode()
+    def _prediction_blocks(
+        self, mdata: MuData | None, *, source: str, target: str, batch_size: int | None
+    ) -> Iterator[np.ndarray]:
+        """The prediction ``source -> target`` one minibatch at a time, in cell order.
+
+        Each block is the dense prediction of at most ``batch_size`` cells (all the model's features of ``target``,
+        in model order); only one block is computed at a time. The input checks run when the first block is asked
+        for, before any cell is read. :meth:`predict_modality` concatenates the blocks; ``tl.predict_modality``
+        with ``out=`` writes each to disk as it comes.
         """
         self._check_trained()
         if target not in self.modalities:
             raise KeyError(f"Unknown target modality {target!r}; registered: {self.modalities}.")
         mdata = self._resolve_mdata(mdata, [source])
         self.module.eval()
-        out = []
         for x in self._batches(mdata, [source], batch_size, keep_sparse=True):
             z = self.module.encode(source, x[source])
-            out.append(self.module.to_data_space(target, self.module.decoders[target](z)).cpu().numpy())
-        return np.concatenate(out)
+            yield self.module.to_data_space(target, self.module.decoders[target](z)).cpu().numpy()
 
     @torch.inference_mode()
     def get_fusion_weights(self) -> pd.DataFrame:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
 from mudata import MuData
@@ -66,6 +70,10 @@ def latent(
 
     - ``mdata.obsm[key_added]``: fused latent, cells x ``n_latent``;
     - ``mdata.mod[m].obsm[key_added]`` for each modality ``m`` present (when ``per_modality``).
+
+    The latents are small (cells x ``n_latent``) and are kept in memory; from a MuData read with
+    ``mudata.read_h5mu(path, backed=True)`` whose features are in the model's order, only each minibatch's rows are
+    read and no cells x features array is ever made.
     """
     if key_added in model.modalities:
         raise ValueError(f"key_added={key_added!r} equals a modality name; mudata reserves those obsm keys.")
@@ -127,7 +135,9 @@ def predict_modality(
     key_added: str | None = None,
     batch_size: int | None = None,
     copy: bool = False,
-) -> MuData | None:
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> MuData | ad.AnnData | None:
     """Write the cross-modal prediction ``source -> target``.
 
     Parameters
@@ -135,26 +145,45 @@ def predict_modality(
     model
         Trained model.
     mdata
-        MuData holding the ``source`` modality; the registered one by default.
+        MuData holding the ``source`` modality; the registered one by default. May be backed on disk
+        (``mudata.read_h5mu(path, backed=True)``).
     source
         Modality read.
     target
         Modality predicted.
     key_added
-        Layer name; default ``f"unitednet_from_{source}"``.
+        Layer name; default ``f"unitednet_from_{source}"``. Not used with ``out``.
     batch_size
-        Minibatch size.
+        Minibatch size. With ``out``, the most cells predicted and held in memory at a time.
     copy
-        Return a modified copy instead of writing in place.
+        Return a modified copy instead of writing in place. Not used with ``out``.
+    out
+        Path of an ``.h5ad`` file to create. The prediction is then computed one minibatch at a time and each block
+        is written straight to the file's ``X`` (dense float32, chunked by rows), so memory is bounded by the batch
+        however many cells and features there are (1M cells x 20k features would be 80 GB in memory). The file's
+        ``obs`` are the cells of ``mdata`` (its obs names) and its ``var`` the model's features of ``target``
+        (``model.var_names(target)``, in that order), exactly as :meth:`~unitednet.model.UnitedNetModel.predict_modality`
+        returns them. Nothing is written to ``mdata``. The file appears only once complete (it is written under a
+        temporary name in the same folder, removed if anything fails).
+    overwrite
+        Replace ``out`` when it exists (otherwise refused).
 
     Returns
     -------
-    The copy when ``copy=True``, else ``None``. Writes ``mdata.mod[target].layers[key_added]`` (dense, cells x
-    target features, in the target's units). When ``mdata`` has no ``target`` modality, one is added as
+    With ``out``: the file read back with ``anndata.read_h5ad(out, backed="r")`` (``X`` stays on disk: read rows
+    with ``adata.X[start:stop]``, or the whole with ``adata.to_memory()``; close with ``adata.file.close()``).
+
+    Otherwise the copy when ``copy=True``, else ``None``. Writes ``mdata.mod[target].layers[key_added]`` (dense,
+    cells x target features, in the target's units). When ``mdata`` has no ``target`` modality, one is added as
     ``mdata.mod[target]`` with the model's target features, the prediction in that layer, ``X`` left empty
     (all-zero sparse) and ``mdata.mod[target].uns["unitednet"]["predicted_only"] = True``, so the model never reads
     it as measured data.
     """
+    if out is not None:
+        path = _check_out(out, overwrite=overwrite, copy=copy, key_added=key_added)
+        return _write_prediction(model, mdata, source=source, target=target, batch_size=batch_size, path=path)
+    if overwrite:
+        raise ValueError("overwrite=True only applies to a file given as out=...; pass out= or drop overwrite.")
     key_added = key_added or f"{RESULT_KEYS.PREDICTION_PREFIX}{source}"
     out = _target(model, mdata, copy)
     query = None if out is model.adata else out
@@ -175,6 +204,81 @@ def predict_modality(
         pred = pd.DataFrame(pred, columns=model.var_names(target)).reindex(columns=tgt.var_names).to_numpy()
     tgt.layers[key_added] = pred
     return out if copy else None
+
+
+# what AnnData.write_h5ad puts on the root group and on a dense X (anndata's on-disk format)
+_H5AD_ROOT_ATTRS = {"encoding-type": "anndata", "encoding-version": "0.1.0"}
+_H5AD_DENSE_ATTRS = {"encoding-type": "array", "encoding-version": "0.2.0"}
+_H5AD_EMPTY_ELEMENTS = ("obsm", "varm", "obsp", "varp", "layers", "uns")
+# at most this many bytes per chunk of X: HDF5's default chunk cache, so a backed reader caches a whole chunk
+_CHUNK_BYTES = 1 << 20
+
+
+def _check_out(out: str | os.PathLike, *, overwrite: bool, copy: bool, key_added: str | None) -> Path:
+    """The path of the ``.h5ad`` file to create, after refusing what ``tl.predict_modality(out=...)`` cannot do."""
+    path = Path(os.fspath(out))
+    if copy:
+        raise ValueError(
+            "out= writes the prediction to a file and leaves the MuData unchanged, so copy=True has nothing to copy; "
+            "drop copy=True (or drop out= to get a copy of the MuData with the prediction as a layer)."
+        )
+    if key_added is not None:
+        raise ValueError(
+            f"key_added={key_added!r} names a layer of the MuData, but with out= the prediction is written to the "
+            "file's X and no layer is added; drop key_added (or drop out= to write the layer)."
+        )
+    if path.suffix != ".h5ad":
+        raise ValueError(f"out={str(out)!r} must be the path of an .h5ad file; give a name ending in '.h5ad'.")
+    if path.is_dir():
+        raise ValueError(f"out={str(out)!r} is a folder; give the path of an .h5ad file to create.")
+    if path.exists() and not overwrite:
+        raise ValueError(f"out={str(out)!r} already exists; pass overwrite=True to replace it, or choose another path.")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"The folder of out={str(out)!r} does not exist; create it first.")
+    return path
+
+
+def _chunk_rows(batch_rows: int, n_vars: int) -> int:
+    """Rows per chunk of X: a divisor of the batch (each batch then fills whole chunks) within :data:`_CHUNK_BYTES`."""
+    limit = max(1, _CHUNK_BYTES // (np.dtype(np.float32).itemsize * n_vars))
+    if batch_rows <= limit:
+        return batch_rows
+    return max(d for d in range(1, limit + 1) if batch_rows % d == 0)
+
+
+def _write_prediction(
+    model: UnitedNetModel, mdata: MuData | None, *, source: str, target: str, batch_size: int | None, path: Path
+) -> ad.AnnData:
+    """Stream the prediction ``source -> target`` into a new ``.h5ad`` file at ``path``, one minibatch at a time."""
+    data = _target(model, mdata, copy=False)
+    query = None if data is model.adata else data
+    blocks = model._prediction_blocks(query, source=source, target=target, batch_size=batch_size)
+    block = next(blocks)  # the input checks run here, before any file is made
+    n_obs, n_vars = data.n_obs, block.shape[1]
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.partial")
+    try:
+        with h5py.File(partial, "w-") as f:
+            f.attrs.update(_H5AD_ROOT_ATTRS)
+            X = f.create_dataset(
+                "X", shape=(n_obs, n_vars), dtype=np.float32, chunks=(_chunk_rows(len(block), n_vars), n_vars)
+            )
+            X.attrs.update(_H5AD_DENSE_ATTRS)
+            start = 0
+            while block is not None:
+                X[start : start + len(block)] = block
+                start += len(block)
+                block = next(blocks, None)
+            if start != n_obs:
+                raise RuntimeError(f"The prediction has {start} rows for {n_obs} cells.")
+            ad.io.write_elem(f, "obs", pd.DataFrame(index=data.obs_names.copy()))
+            ad.io.write_elem(f, "var", pd.DataFrame(index=model.var_names(target).copy()))
+            for key in _H5AD_EMPTY_ELEMENTS:
+                ad.io.write_elem(f, key, {})
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return ad.read_h5ad(path, backed="r")
 
 
 def evaluate(
