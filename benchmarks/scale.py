@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 info = run_subprocess(worker_command(args, n_cells, out), out)
                 files.append({"n_cells": n_cells, **info})
                 done = f"written in {info['write_s']:.1f} s" if info["written_now"] else "reused"
-                print(f"   {info['path']}: {info['file_bytes'] / 1e9:.2f} GB, {done}", flush=True)
+                print(f"   {info['path']}: {info['file_bytes'] / 1e6:.1f} MB, {done}", flush=True)
             for method in args.methods:
                 if method == "scvi" and args.backed is not None and n_cells > args.scvi_max_cells:
                     print(f"-- scvi skipped at {n_cells} cells (backed data, above --scvi-max-cells)", flush=True)
