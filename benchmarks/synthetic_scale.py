@@ -4,8 +4,10 @@ Protocol:
 
 - Data (seed 0): ``--n-cells`` cells (10,000) in 5 groups; modality ``gauss``: ``--n-dense`` (2,000) dense float32
   gaussian features (group mean + unit noise); modality ``peaks``: ``--n-sparse`` (20,000) binary features stored as
-  a float32 CSR matrix, about ``--density`` (5 %) nonzero, with group-specific peak probabilities. The sparse matrix
-  is generated a block of rows at a time, so it never exists densely in this script either.
+  a float32 CSR matrix, about ``--density`` (5 %) nonzero, with group-specific peak probabilities. Both matrices are
+  drawn 250 cells at a time from one random generator (:func:`iter_blocks`), so the sparse one never exists densely
+  in this script either; :func:`make_mudata` stacks the blocks in memory and :func:`write_h5mu` streams the same data
+  into a ``.h5mu`` file (``benchmarks/scale.py --backed`` trains from such a file).
 - UnitedNet: ``setup_mudata`` (labels ``group``), default architecture, ``batch_size=256``, ``max_epochs=1``, every
   cell a training cell (``train_size=1``, no validation), ``task="translation"`` and ``task="supervised"``.
 - Timing: *set-up* is ``setup_mudata`` + model construction; the *epoch* is measured by a Lightning callback from
@@ -62,7 +64,10 @@ NAME = "synthetic_scale"
 SEED = 0
 N_GROUPS = 5
 TASKS = ("translation", "supervised")
-ROW_BLOCK = 250  # rows of the sparse modality generated at once (250 x 20,000 float32 = 20 MB)
+# elements per HDF5 chunk of the CSR arrays written by write_h5mu: batches of random rows read as fast as with
+# h5py's choice for a 250-row block (~4,000), and the writer's memory (the HDF5 chunk index) stays flat
+SPARSE_CHUNK = 2**14
+ROW_BLOCK = 250  # cells generated at once (the sparse draw: 250 x 20,000 float32 = 20 MB); changing it changes the data
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -76,44 +81,226 @@ def _traced_peak_mb() -> float:
 # ---------------------------------------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------------------------------------
+def iter_blocks(n_cells: int, n_dense: int, n_sparse: int, density: float, seed: int = SEED):
+    """Synthetic paired data, ``ROW_BLOCK`` cells at a time, all drawn from one :class:`numpy.random.Generator`.
+
+    The draws depend only on the arguments (the block size is fixed), so the data are the same whether the blocks go
+    to memory (:func:`make_mudata`) or to a file (:func:`write_h5mu`).
+
+    Parameters
+    ----------
+    n_cells
+        Number of cells (rows) over all blocks.
+    n_dense
+        Features of the dense modality: group centre (standard normal per group and feature) + unit gaussian noise.
+    n_sparse
+        Features of the sparse modality: binary, with group-specific probabilities of mean ``density`` (log-normal
+        spread, capped at 0.9).
+    density
+        Mean fraction of non-zeros of the sparse modality.
+    seed
+        Seed of the generator.
+
+    Yields
+    ------
+    groups : numpy.ndarray
+        ``(rows,)`` int64 group of each cell of the block, in ``0 .. N_GROUPS - 1``.
+    dense : numpy.ndarray
+        ``(rows, n_dense)`` float32 block of the dense modality.
+    peaks : scipy.sparse.csr_matrix
+        ``(rows, n_sparse)`` float32 binary CSR block of the sparse modality (never dense as a whole matrix).
+    """
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0.0, 1.0, size=(N_GROUPS, n_dense)).astype(np.float32)
+    probs = density * rng.lognormal(0.0, 0.5, size=(N_GROUPS, n_sparse)) / np.exp(0.125)
+    probs = np.clip(probs, 0.0, 0.9).astype(np.float32)
+    for start in range(0, n_cells, ROW_BLOCK):
+        n_rows = min(ROW_BLOCK, n_cells - start)
+        groups = rng.integers(N_GROUPS, size=n_rows)
+        dense_x = rng.standard_normal((n_rows, n_dense), dtype=np.float32)
+        dense_x += centres[groups]
+        hit = rng.random((n_rows, n_sparse), dtype=np.float32) < probs[groups]
+        yield groups, dense_x, sparse.csr_matrix(hit, dtype=np.float32)
+
+
+def group_labels(groups: np.ndarray):
+    """Categorical labels ``g0`` .. ``g4`` of group indices (categories: the groups present, in order)."""
+    import pandas as pd
+
+    return pd.Categorical.from_codes(groups, categories=[f"g{k}" for k in range(N_GROUPS)]).remove_unused_categories()
+
+
+def _var_names(n_dense: int, n_sparse: int) -> dict[str, list[str]]:
+    """Feature names per modality: ``gene{j}`` (dense ``gauss``) and ``peak{j}`` (sparse ``peaks``)."""
+    return {"gauss": [f"gene{j}" for j in range(n_dense)], "peaks": [f"peak{j}" for j in range(n_sparse)]}
+
+
+def _write_cells_frame(parent, key: str, n_cells: int, labels=None) -> None:
+    """Write a cells dataframe (index ``cell{i}``, optional categorical ``group`` column) in anndata's encoding.
+
+    The index is written ``ROW_BLOCK * 100`` names at a time, so that the names of all cells are never in memory.
+    """
+    import h5py
+    from anndata.io import write_elem
+
+    frame = parent.create_group(key)
+    names = frame.create_dataset("_index", shape=(n_cells,), dtype=h5py.string_dtype())
+    step = ROW_BLOCK * 100
+    for start in range(0, n_cells, step):
+        stop = min(start + step, n_cells)
+        names[start:stop] = np.array([f"cell{i}" for i in range(start, stop)], dtype=object)
+    names.attrs.update({"encoding-type": "string-array", "encoding-version": "0.2.0"})
+    if labels is not None:
+        write_elem(frame, "group", labels)
+    frame.attrs.update(
+        {
+            "_index": "_index",
+            "column-order": [] if labels is None else ["group"],
+            "encoding-type": "dataframe",
+            "encoding-version": "0.2.0",
+        }
+    )
+
+
 def make_mudata(n_cells: int, n_dense: int, n_sparse: int, density: float, seed: int = SEED):
-    """Synthetic paired MuData: ``gauss`` (dense float32) and ``peaks`` (binary float32 CSR), labels in ``group``."""
+    """Synthetic paired MuData in memory: ``gauss`` (dense float32) and ``peaks`` (binary float32 CSR).
+
+    Built from :func:`iter_blocks`; the labels are in ``mdata.obs["group"]`` (categorical ``g0`` .. ``g4``).
+    """
     import anndata as ad
     import mudata as md
     import pandas as pd
 
-    rng = np.random.default_rng(seed)
-    groups = rng.integers(N_GROUPS, size=n_cells)
-    obs_names = pd.Index([f"cell{i}" for i in range(n_cells)])
-
-    centres = rng.normal(0.0, 1.0, size=(N_GROUPS, n_dense)).astype(np.float32)
-    dense_x = rng.standard_normal((n_cells, n_dense), dtype=np.float32)
-    dense_x += centres[groups]
-
-    # group-specific peak probabilities with mean ``density`` (log-normal spread, capped)
-    probs = density * rng.lognormal(0.0, 0.5, size=(N_GROUPS, n_sparse)) / np.exp(0.125)
-    probs = np.clip(probs, 0.0, 0.9).astype(np.float32)
+    groups = np.empty(n_cells, dtype=np.int64)
+    dense_x = np.empty((n_cells, n_dense), dtype=np.float32)
     blocks = []
-    for start in range(0, n_cells, ROW_BLOCK):
-        rows = groups[start : start + ROW_BLOCK]
-        hit = rng.random((len(rows), n_sparse), dtype=np.float32) < probs[rows]
-        blocks.append(sparse.csr_matrix(hit, dtype=np.float32))
-        del hit
+    start = 0
+    for block_groups, block_dense, block_peaks in iter_blocks(n_cells, n_dense, n_sparse, density, seed):
+        stop = start + len(block_groups)
+        groups[start:stop] = block_groups
+        dense_x[start:stop] = block_dense
+        blocks.append(block_peaks)
+        start = stop
     sparse_x = sparse.vstack(blocks, format="csr", dtype=np.float32)
     del blocks
 
-    labels = pd.Categorical([f"g{g}" for g in groups])
+    obs_names = pd.Index([f"cell{i}" for i in range(n_cells)])
     mods = {
         "gauss": ad.AnnData(dense_x, obs=pd.DataFrame(index=obs_names)),
         "peaks": ad.AnnData(sparse_x, obs=pd.DataFrame(index=obs_names)),
     }
-    mods["gauss"].var_names = [f"gene{j}" for j in range(n_dense)]
-    mods["peaks"].var_names = [f"peak{j}" for j in range(n_sparse)]
+    for m, names in _var_names(n_dense, n_sparse).items():
+        mods[m].var_names = names
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         mdata = md.MuData(mods)
-    mdata.obs["group"] = labels
+    mdata.obs["group"] = group_labels(groups)
     return mdata
+
+
+def write_h5mu(
+    path: str | Path,
+    n_cells: int,
+    n_dense: int = 2_000,
+    n_sparse: int = 20_000,
+    density: float = 0.05,
+    seed: int = SEED,
+) -> Path:
+    """Write the data of :func:`make_mudata` to a ``.h5mu`` file, a block of cells at a time.
+
+    Neither matrix is ever whole in memory: the dense ``gauss`` matrix is a contiguous HDF5 dataset filled block by
+    block, the ``peaks`` CSR matrix is written from its first block and then appended to (anndata's on-disk sparse
+    dataset, its arrays in chunks of ``SPARSE_CHUNK`` elements, where ``mudata.write_h5mu`` lets h5py choose from
+    the whole array). Otherwise the file is laid out as ``mudata.write_h5mu`` writes the MuData of
+    :func:`make_mudata` (same groups, datasets, data types, encoding attributes, ``mod-order`` and 512-byte MuData
+    header), so ``mudata.read_h5mu(path)`` equals :func:`make_mudata` and ``mudata.read_h5mu(path, backed=True)``
+    reads both matrices from disk. The cell names are written in blocks too; what grows with the number of cells in
+    memory is about 20 bytes per cell (labels, masks, row maps). The file is written as ``<path>.partial`` and
+    renamed when complete.
+
+    Parameters
+    ----------
+    path
+        Output file (replaced if present).
+    n_cells, n_dense, n_sparse, density, seed
+        As for :func:`iter_blocks`.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    import h5py
+    import mudata as md
+    import pandas as pd
+    from anndata.io import sparse_dataset, write_elem
+
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    # scipy gives in-memory CSR matrices 32-bit index arrays unless they could hold 2**31 non-zeros
+    indptr_dtype = np.int64 if n_cells * n_sparse > np.iinfo(np.int32).max else np.int32
+    sparse_kwargs = {"indptr_dtype": indptr_dtype, "chunks": (SPARSE_CHUNK,)}
+    groups = np.empty(n_cells, dtype=np.int8)
+    with h5py.File(partial, "w", userblock_size=512) as f:
+        mods = {m: f.require_group(f"mod/{m}") for m in ("gauss", "peaks")}
+        dense_x = mods["gauss"].create_dataset("X", shape=(n_cells, n_dense), dtype=np.float32)
+        dense_x.attrs["encoding-type"] = "array"
+        dense_x.attrs["encoding-version"] = "0.2.0"
+        peaks_x = None
+        start = 0
+        for block_groups, block_dense, block_peaks in iter_blocks(n_cells, n_dense, n_sparse, density, seed):
+            stop = start + len(block_groups)
+            groups[start:stop] = block_groups
+            dense_x[start:stop] = block_dense
+            if peaks_x is None:
+                write_elem(mods["peaks"], "X", block_peaks, dataset_kwargs=sparse_kwargs)
+                peaks_x = sparse_dataset(mods["peaks"]["X"])
+            else:
+                peaks_x.append(block_peaks)
+            start = stop
+
+        # annotations, as mudata.write_h5mu writes them (MuData's own obs/var, masks and 1-based row maps)
+        var_names = _var_names(n_dense, n_sparse)
+        _write_cells_frame(f, "obs", n_cells, group_labels(groups))
+        write_elem(f, "var", pd.DataFrame(index=var_names["gauss"] + var_names["peaks"]))
+        varmap = {
+            "gauss": np.r_[np.arange(1, n_dense + 1), np.zeros(n_sparse)].astype(np.uint32),
+            "peaks": np.r_[np.zeros(n_dense), np.arange(1, n_sparse + 1)].astype(np.uint32),
+        }
+        write_elem(f, "obsm", {m: np.ones((n_cells, 1), dtype=bool) for m in mods})
+        write_elem(f, "varm", {m: (varmap[m] > 0)[:, None] for m in mods})
+        for key in ("obsp", "varp", "uns"):
+            write_elem(f, key, {})
+        write_elem(f, "obsmap", {m: np.arange(1, n_cells + 1, dtype=np.uint32) for m in mods})
+        write_elem(f, "varmap", varmap)
+        f.attrs["axis"] = 0
+        for m, group in mods.items():
+            _write_cells_frame(group, "obs", n_cells)
+            write_elem(group, "var", pd.DataFrame(index=var_names[m]))
+            for key in ("obsm", "varm", "obsp", "varp", "layers", "uns"):
+                write_elem(group, key, {})
+            group.attrs.update(
+                {
+                    "encoding-type": "anndata",
+                    "encoding-version": md.__anndataversion__,
+                    "encoder": "mudata",
+                    "encoder-version": md.__version__,
+                }
+            )
+        f["mod"].attrs["mod-order"] = list(mods)
+        f.attrs.update(
+            {
+                "encoding-type": "MuData",
+                "encoding-version": md.__mudataversion__,
+                "encoder": "mudata",
+                "encoder-version": md.__version__,
+            }
+        )
+    header = f"MuData (format-version={md.__mudataversion__};creator=muon;creator-version={md.__version__})"
+    with open(partial, "r+b") as handle:  # the user block that mudata.read_h5mu checks for
+        handle.write(header.encode().ljust(512, b"\0"))
+    os.replace(partial, path)
+    return path
 
 
 # ---------------------------------------------------------------------------------------------------------------------
