@@ -261,3 +261,54 @@ def test_sparse_modalities_keep_column_major_first_layers(mdata):
     assert model.module.encoders["rna"].network[0].weight.is_contiguous()  # dense modality: nn.Linear's layout
     model.train("supervised", max_epochs=1, batch_size=32, enable_progress_bar=False)
     assert model.module.encoders["atac"].network[0].weight.stride() == (1, 8)
+
+
+def test_backed_query_with_reordered_and_extra_features_reads_rows_only(tmp_path, make_mudata, model_kwargs):
+    import anndata as ad
+    import mudata as md
+
+    from unitednet.train import _data
+
+    mdata = make_mudata()
+    UnitedNetModel.setup_mudata(mdata, modalities=["rna", "atac"], labels_key="cell_type")
+    model = UnitedNetModel(mdata, **model_kwargs)
+    model.train("supervised", max_epochs=1, batch_size=32, enable_progress_bar=False)
+    # a query whose features are reversed and that has one extra feature per modality, written to disk
+    mods = {}
+    for m, adata in mdata.mod.items():
+        extra = ad.AnnData(np.ones((adata.n_obs, 1), dtype=np.float32), obs=adata.obs[[]], var={"x": [0]})
+        extra.var_names = [f"extra_{m}"]
+        joined = ad.concat([adata[:, ::-1], extra], axis=1, merge="first")
+        joined.X = (
+            sparse.csr_matrix(joined.X)
+            if m == "atac"
+            else np.asarray(joined.X.todense() if sparse.issparse(joined.X) else joined.X)
+        )
+        mods[m] = joined
+    query = md.MuData(mods)
+    path = tmp_path / "query.h5mu"
+    query.write(path)
+    backed = md.read_h5mu(path, backed=True)
+    assert isinstance(model._matrix(backed, "rna"), _data.ColumnSelection)
+    reads = []
+    original = _data.read_rows
+
+    def spy(matrix, rows):
+        reads.append(len(rows))
+        return original(matrix, rows)
+
+    from unitednet.model import _validation
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_data, "read_rows", spy)
+        patch.setattr(_validation.value_chunks, "__defaults__", (1000,))  # the NaN check: 41 rows of 24 genes
+        latent = model.get_latent_representation(backed, batch_size=40)
+        pred = model.predict_modality(backed, source="atac", target="rna", batch_size=40)
+    assert reads and max(reads) <= 41  # minibatches of 40 and check chunks of 1,000 values; the whole matrix: 150
+    in_memory = md.read_h5mu(path)
+    np.testing.assert_allclose(latent, model.get_latent_representation(in_memory, batch_size=40), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        pred, model.predict_modality(in_memory, source="atac", target="rna"), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(latent, model.get_latent_representation(batch_size=40), rtol=1e-5, atol=1e-6)
+    assert backed.mod["rna"].isbacked and backed.mod["atac"].isbacked

@@ -39,7 +39,7 @@ from unitednet.train import (
     UnitedNetTrainingPlan,
     stratified_split,
 )
-from unitednet.train._data import rows_tensor
+from unitednet.train._data import ColumnSelection, rows_tensor
 
 from ._validation import (
     check_finite,
@@ -477,7 +477,10 @@ class UnitedNetModel(BaseModelClass):
                 f"Modality {modality!r} lacks {len(missing)} of the model's features (e.g. {list(missing[:5])}). "
                 f"Give it the training features: `mdata.mod['{modality}'][:, model.var_names('{modality}')]`."
             )
-        return X[:, adata.var_names.get_indexer(names)]
+        columns = adata.var_names.get_indexer(names)
+        if isinstance(X, np.ndarray) or sparse.issparse(X):
+            return X[:, columns]
+        return ColumnSelection(X, columns)  # backed on disk: the columns are taken from each block of rows read
 
     def _is_sparse(self, modality: str) -> bool:
         """Whether the registered matrix of a modality is sparse (in memory or backed on disk)."""

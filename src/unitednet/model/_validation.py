@@ -16,6 +16,7 @@ from mudata import MuData
 from scipy import sparse
 
 from unitednet._constants import LIKELIHOODS
+from unitednet.train._data import ColumnSelection
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +24,8 @@ logger = logging.getLogger(__name__)
 def value_chunks(X, chunk_size: int = 1 << 22) -> Iterator[np.ndarray]:
     """The stored values of a matrix, in 1-D chunks: sparse data are never densified, backed data never read whole.
 
-    Handles numpy arrays, scipy sparse matrices, h5py datasets and anndata's backed sparse datasets (``backed=True``).
+    Handles numpy arrays, scipy sparse matrices, h5py datasets, anndata's backed sparse datasets (``backed=True``) and
+    column selections of the latter two (:class:`~unitednet.train._data.ColumnSelection`).
     """
     if sparse.issparse(X):
         yield X.data
@@ -31,6 +33,11 @@ def value_chunks(X, chunk_size: int = 1 << 22) -> Iterator[np.ndarray]:
         data = X.group["data"]
         for start in range(0, data.shape[0], chunk_size):
             yield np.asarray(data[start : start + chunk_size])
+    elif isinstance(X, ColumnSelection):
+        rows = max(1, chunk_size // max(1, X.shape[1]))
+        for start in range(0, X.shape[0], rows):
+            block = X[np.arange(start, min(start + rows, X.shape[0]))]
+            yield block.data if sparse.issparse(block) else np.asarray(block).ravel()
     elif isinstance(X, h5py.Dataset):
         rows = max(1, chunk_size // max(1, X.shape[1] if X.ndim > 1 else 1))
         for start in range(0, X.shape[0], rows):

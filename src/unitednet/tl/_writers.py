@@ -17,6 +17,7 @@ from mudata import MuData
 from scipy import sparse
 
 from unitednet._constants import RESULT_KEYS
+from unitednet.train._data import ColumnSelection
 
 from ._metrics import classification_metrics, clustering_metrics, regression_metrics
 
@@ -72,8 +73,8 @@ def latent(
     - ``mdata.mod[m].obsm[key_added]`` for each modality ``m`` present (when ``per_modality``).
 
     The latents are small (cells x ``n_latent``) and are kept in memory; from a MuData read with
-    ``mudata.read_h5mu(path, backed=True)`` whose features are in the model's order, only each minibatch's rows are
-    read and no cells x features array is ever made.
+    ``mudata.read_h5mu(path, backed=True)``, only each minibatch's rows are read (and the model's features taken
+    from them, whatever the order or extra features of the file), and no cells x features array is ever made.
     """
     if key_added in model.modalities:
         raise ValueError(f"key_added={key_added!r} equals a modality name; mudata reserves those obsm keys.")
@@ -358,7 +359,9 @@ def evaluate(
     pearson = r2.copy()
     for s, t in pairs:
         pred = model.predict_modality(query, source=s, target=t, batch_size=batch_size)
-        scores = regression_metrics(model._matrix(view, t), pred)
+        truth = model._matrix(view, t)
+        truth = truth.to_memory() if isinstance(truth, ColumnSelection) else truth  # a backed query's columns
+        scores = regression_metrics(truth, pred)
         cross[f"{s}->{t}"] = scores
         r2.loc[t, s] = scores["r2_variance_weighted"]
         pearson.loc[t, s] = scores["pearson_mean"]

@@ -91,6 +91,40 @@ def read_rows(matrix, rows: np.ndarray):
     return block[inverse]
 
 
+class ColumnSelection:
+    """Some columns of an on-disk matrix, in a given order, read one block of rows at a time.
+
+    ``X[:, columns]`` of a backed matrix would read it whole (anndata's sparse datasets) or fail (h5py datasets
+    accept increasing indices only); this selection reads only the rows asked for (see :func:`read_rows`) and takes
+    the columns from them.
+
+    Parameters
+    ----------
+    matrix
+        On-disk matrix (h5py dataset or anndata backed sparse dataset).
+    columns
+        Column of ``matrix`` for each column of the selection.
+    """
+
+    def __init__(self, matrix, columns: np.ndarray):
+        self.matrix = matrix
+        self.columns = np.asarray(columns)
+        self.shape = (matrix.shape[0], len(self.columns))
+
+    @property
+    def format(self) -> str | None:
+        """``"csr"`` or ``"csc"`` for a sparse matrix, ``None`` for a dense one."""
+        return getattr(self.matrix, "format", None)
+
+    def __getitem__(self, rows) -> np.ndarray | sparse.spmatrix:
+        block = read_rows(self.matrix, np.asarray(rows))
+        return block[:, self.columns]
+
+    def to_memory(self) -> np.ndarray | sparse.spmatrix:
+        """The whole selection in memory."""
+        return self[np.arange(self.shape[0])]
+
+
 def rows_tensor(matrix, rows: np.ndarray, keep_sparse: bool = True) -> torch.Tensor:
     """Rows of a dense or sparse matrix as a float32 tensor: sparse CSR for sparse matrices (``keep_sparse``), else dense.
 
