@@ -30,6 +30,7 @@ BENCHMARK_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCHMARK_DIR.parent
 RESULTS_DIR = BENCHMARK_DIR / "results"
 DATA_ENV_VAR = "UNITEDNET_DATA_DIR"
+PRECISIONS = ("32", "bf16-mixed")  # the training precisions the scripts offer (Lightning's `precision`)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ from _baselines import (
     wnn_graph,
 )
 from _common import (
+    PRECISIONS,
     default_json_path,
     dense,
     machine_info,
@@ -117,7 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-adapt", action="store_true", help="skip the transductive adaptations")
     parser.add_argument("--no-peers", action="store_true", help="skip the scvi-tools peers (MultiVI, scVI)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--precision", choices=["32", "bf16-mixed"], default="32", help="UnitedNet training precision")
+    parser.add_argument("--precision", choices=PRECISIONS, default="32", help="UnitedNet training precision")
     parser.add_argument("--out", type=Path, default=default_json_path(NAME), help="JSON output path")
     parser.add_argument(
         "--tracemalloc", action="store_true", help="trace the peak of Python-tracked allocations per training"

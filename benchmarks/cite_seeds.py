@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from _common import (
+    PRECISIONS,
     default_json_path,
     machine_info,
     mean_sd,
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--max-epochs", type=int, default=200)
-    parser.add_argument("--precision", choices=["32", "bf16-mixed"], default="32", help="training precision")
+    parser.add_argument("--precision", choices=PRECISIONS, default="32", help="training precision")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--out", type=Path, default=default_json_path(NAME), help="JSON output path")
     args = parser.parse_args(argv)

@@ -64,6 +64,7 @@ from _baselines import (
     verdict_rows,
 )
 from _common import (
+    PRECISIONS,
     current_rss_mb,
     default_json_path,
     dense,
@@ -163,7 +164,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="UnitedNet minibatch size (the one patchseq_select_unsupervised used)",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--precision", choices=["32", "bf16-mixed"], default="32", help="UnitedNet training precision")
+    parser.add_argument("--precision", choices=PRECISIONS, default="32", help="UnitedNet training precision")
     parser.add_argument("--out", type=Path, default=default_json_path(NAME), help="JSON output path")
     parser.add_argument(
         "--tracemalloc",

@@ -73,6 +73,7 @@ from typing import Any
 
 import numpy as np
 from _common import (
+    PRECISIONS,
     default_json_path,
     machine_info,
     package_versions,
@@ -88,7 +89,6 @@ from _common import (
 NAME = "scale"
 SEED = 0
 METHODS = ("unitednet-translation", "unitednet-supervised", "scvi")
-PRECISIONS = ("32", "bf16-mixed")
 MATMUL_DTYPES = {"32": "float32", "bf16-mixed": "bfloat16"}  # the dtype of each precision's matrix products
 
 

@@ -37,6 +37,9 @@ def full_precision(loss: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
+cross_entropy = full_precision(F.cross_entropy)
+"""``torch.nn.functional.cross_entropy`` evaluated in float32 (see :func:`full_precision`)."""
+
 MAX_LOG_MEAN = 15.0
 """Upper clamp of a negative-binomial decoder's log mean (``exp(15)`` is about 3.3 million counts)."""
 

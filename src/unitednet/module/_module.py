@@ -15,8 +15,8 @@ from unitednet.nn._base import Encoder, Norm, is_sparse_batch, resolve_norm
 from ._losses import (
     MAX_LOG_MEAN,
     contrastive_loss,
+    cross_entropy,
     ddc_loss,
-    full_precision,
     lsgan_loss,
     reconstruction_error,
     self_entropy_loss,
@@ -561,7 +561,6 @@ class UnitedNetModule(BaseModuleClass):
                     return {}, None  # no labelled cell in this batch: no term, no step, no head comparison
                 logits = [lg[labelled] for lg in logits]
                 labels = labels[labelled]
-            cross_entropy = full_precision(F.cross_entropy)
             per_head = torch.stack([cross_entropy(lg, labels, weight=self.class_weights) for lg in logits])
             return {"classification": per_head.mean()}, per_head.detach()
         # clustering: by default the DDC terms update fusion and heads only, so the encoders' latents are detached
