@@ -31,7 +31,8 @@ Protocol:
 - Memory: resident set size once the data are built or opened (*data*: the whole MuData in memory; with a backed
   file only its annotations; for SCVI the ``peaks`` modality), then the peak RSS of set-up and training (the kernel's
   peak counter is reset after the data are ready, through ``/proc/self/clear_refs``); the tables print the peak
-  above the data. Each configuration runs in its own subprocess, one after the other.
+  above the data, and the minor page faults of the epoch (``faults_k``, thousands: memory the process touches for the
+  first time since the kernel mapped it). Each configuration runs in its own subprocess, one after the other.
 - Arithmetic: the FLOPs of UnitedNet's epoch are counted from the layer shapes and the non-zeros of the sparse
   modality (matrix products only, 2 FLOPs per multiply-add; forward, input gradients where a gradient flows and
   weight gradients, as the training step computes them: the first layer of a sparse modality costs its non-zeros,
@@ -64,6 +65,7 @@ import argparse
 import gc
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -254,9 +256,11 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     class EpochTimer(pl.Callback):
         def __init__(self):
             self.seconds: list[float] = []
+            self.faults: list[int] = []
             self.n_batches = 0
 
         def on_train_epoch_start(self, trainer, pl_module):
+            self._faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             self._start = time.perf_counter()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -264,6 +268,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
 
         def on_train_epoch_end(self, trainer, pl_module):
             self.seconds.append(time.perf_counter() - self._start)
+            self.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self._faults)
 
     method, precision = args.worker_method, args.worker_precision
     path = None if args.backed is None else h5mu_path(args.backed, args.n_cells)
@@ -337,6 +342,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         "setup_s": t_setup.seconds,
         "epoch_s": probe.seconds[0] if probe.seconds else float("nan"),
         "n_batches": probe.n_batches,
+        "epoch_page_faults": probe.faults[0] if probe.faults else -1,
         "train_call_s": t_train.seconds,
         "data_rss_mb": data_rss,
         "peak_rss_mb": peak,
@@ -518,6 +524,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "achieved_GFLOP/s": r["total_flops"] / r["epoch_s"] / 1e9,
                 "lower_bound_s": bound,
                 "epoch/bound": r["epoch_s"] / bound,
+                "faults_k": r["epoch_page_faults"] / 1e3,
                 "data_MB": r["data_rss_mb"],
                 "peak-data_MB": r["peak_above_data_mb"],
                 "load": r["load_average"][0] if r["load_average"] else None,
