@@ -40,7 +40,6 @@ from unitednet.train import (
     stratified_split,
 )
 from unitednet.train._data import ColumnSelection, rows_tensor
-from unitednet.train._memory import reuse_freed_memory
 
 from ._validation import (
     check_finite,
@@ -645,13 +644,6 @@ class UnitedNetModel(BaseModelClass):
         -------
         None. Writes ``mdata.obs["unitednet_split"]`` (categorical: train / validation / test) on the registered
         MuData and sets :attr:`history` (every loss term per epoch, ``*_train`` and ``*_validation``).
-
-        Notes
-        -----
-        On Linux with glibc, memory freed during training stays in the process heap for the next minibatch (glibc's
-        ``mallopt`` thresholds are raised while training and the heap is trimmed afterwards), which saves most of the
-        page faults of a CPU epoch. Setting ``GLIBC_TUNABLES`` or one of glibc's ``MALLOC_*_`` variables keeps the
-        allocator as configured there.
         """
         if task not in TASK_OBJECTIVES:
             raise ValueError(f"task must be one of {list(TASK_OBJECTIVES)}, got {task!r}.")
@@ -730,8 +722,7 @@ class UnitedNetModel(BaseModelClass):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*number of training batches.*")
-            with reuse_freed_memory():
-                runner()
+            runner()
         self.task_ = task
         self.best_epoch_ = plan.best_epoch
         self.adaptation_ = None
@@ -929,8 +920,7 @@ class UnitedNetModel(BaseModelClass):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*number of training batches.*")
-            with reuse_freed_memory():
-                runner()
+            runner()
 
         query_split = np.full(query.n_obs, "query_train", dtype=object)
         query_split[q_val] = "query_validation"
