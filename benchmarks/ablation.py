@@ -4,7 +4,9 @@ Protocol:
 
 - Variants (``VARIANTS``, declared before any run): ``baseline`` (the package defaults: MLP encoders with batch
   normalisation, fixed loss weights, gaussian/bernoulli likelihoods), ``uncertainty`` and ``gradnorm``
-  (``loss_weighting``), ``variational`` and ``residual`` (``encoder``), ``layer_norm`` and ``no_norm`` (``norm``);
+  (``loss_weighting``), ``variational`` and ``residual`` (``encoder``), ``layer_norm`` and ``no_norm`` (``norm``),
+  ``decoder_batch_norm``, ``no_encoder_norm`` and ``no_head_norm`` (batch normalisation in the decoders only, in
+  decoders and heads, in encoders and decoders: ``norm`` as a mapping over the parts);
   on BMMC CITE also ``adt_nb`` (ADT raw counts, ``layers["counts"]``, under the negative binomial) and ``counts_nb``
   (RNA and ADT raw counts, both negative binomial). Every other argument is the package default.
 - ``patchseq``: supervised cell types (``cell_type_TEM``, 27 MET types), the folds of ``patchseq_cv.py``
@@ -67,6 +69,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "residual": {"encoder": "residual"},
     "layer_norm": {"norm": "layer"},
     "no_norm": {"norm": "none"},
+    # batch normalisation in some parts of the network only (the SHAP-marker conflict of batch normalisation)
+    "decoder_batch_norm": {"norm": {"encoders": "none", "decoders": "batch", "heads": "none"}},
+    "no_encoder_norm": {"norm": {"encoders": "none", "decoders": "batch", "heads": "batch"}},
+    "no_head_norm": {"norm": {"encoders": "batch", "decoders": "batch", "heads": "none"}},
 }
 # likelihood variants (data sets with raw counts only): registered layers and likelihoods
 COUNT_VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
