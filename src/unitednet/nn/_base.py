@@ -67,7 +67,14 @@ def resolve_norm(norm: Norm | Mapping[NormPart, Norm] | None, use_batch_norm: bo
     unknown = [part for part in norm if part not in NORM_PARTS]
     if unknown:
         raise ValueError(f"Unknown norm part(s) {unknown}: the parts are {list(NORM_PARTS)}.")
-    return {part: _resolve_one(norm.get(part), use_batch_norm, f"norm[{part!r}]") for part in NORM_PARTS}
+    resolved = {}
+    for part in NORM_PARTS:
+        value = norm.get(part)
+        if part in norm and not isinstance(value, str):
+            # an explicit value must be a normalisation (only a missing part follows use_batch_norm)
+            raise ValueError(f"norm[{part!r}] must be one of {list(NORMS)}, got {value!r}.")
+        resolved[part] = _resolve_one(value, use_batch_norm, f"norm[{part!r}]")
+    return resolved
 
 
 def part_norms(norm: Norm | Mapping[NormPart, Norm] | None, use_batch_norm: bool = True) -> dict[str, str]:
