@@ -91,8 +91,8 @@ class UnitedNetModule(BaseModuleClass):
         :class:`~unitednet.module.UnitedNetPerturbationModule`) to one of those, e.g.
         ``{"encoders": "none", "decoders": "batch", "heads": "none"}``; parts missing from the mapping follow
         ``use_batch_norm``. Default: ``"batch"`` if ``use_batch_norm`` else ``"none"``. The discriminators and the
-        latent projector never normalise their hidden layers, and the fusion has none (see
-        :func:`~unitednet.nn._base.resolve_norm` for the errors).
+        latent projector never normalise their hidden layers, and the fusion has none. Unknown parts or values, and a
+        part set to ``"batch"`` with ``use_batch_norm=False``, raise a ``ValueError``.
     encoder
         ``"mlp"`` (deterministic :class:`~unitednet.nn.MLP`), ``"variational"`` (Gaussian posterior,
         :class:`~unitednet.nn.VariationalEncoder`: a sample in training, the mean at inference, plus a ``kl`` term

@@ -527,7 +527,8 @@ def feature_relevance(
     method
         ``"deep"`` (DeepExplainer: DeepLIFT-based, attributions sum to the output minus its expected value) or
         ``"gradient"`` (GradientExplainer: expected gradients, additive in expectation only). Models with layer
-        normalisation (``norm="layer"``) need ``"gradient"``.
+        normalisation in their encoders or heads (``norm="layer"``, or ``"layer"`` for those parts of a ``norm``
+        mapping) need ``"gradient"``; layer normalisation in the decoders only is not on this path.
     n_top
         Features per group and modality kept in the tidy table.
     key_added
@@ -735,7 +736,8 @@ def cross_modal_relevance(
     n_background
         Reference cells for ``background="sample"``.
     method
-        ``"deep"`` or ``"gradient"`` (``"gradient"`` for models with ``norm="layer"``).
+        ``"deep"`` or ``"gradient"`` (``"gradient"`` for models with layer normalisation in their encoders or
+        decoders, the parts on the translation path; layer normalisation in the heads only does not matter here).
     random_state
         Seed of the sampling.
     chunk_size
