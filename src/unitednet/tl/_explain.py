@@ -497,7 +497,7 @@ def feature_relevance(
     one of the class's two most different genes; the same training with ``use_batch_norm=False`` ranks every class's
     marker in the top 10 (``benchmarks/explain.py``, ``tutorials/explain_patchseq.ipynb``). The decoders are not on
     the explained path: batch normalisation in the decoders only (``norm={"encoders": "none", "decoders": "batch",
-    "heads": "none"}``) also kept every class's marker in the top 10 (``benchmarks/README.md``).
+    "heads": "none"}``) kept the markers in the top 10 as often as no normalisation (``benchmarks/README.md``).
 
     Parameters
     ----------
