@@ -8,7 +8,10 @@ Protocol:
   setting's arguments, ``train("supervised", max_epochs, batch_size=64)`` (the model's own stratified 90 / 10 train /
   validation split; best validation weights kept). The settings: ``no_batch_norm`` (``use_batch_norm=False``, the
   setting the explainability tutorial uses and the acceptance figures come from) and ``default`` (the package
-  defaults, batch normalisation in every hidden layer), run side by side because the marker ranks differ between them.
+  defaults, batch normalisation in every hidden layer), run side by side because the marker ranks differ between them;
+  and three with batch normalisation in some parts only (``norm`` as a mapping over ``encoders``, ``decoders`` and
+  ``heads``): ``decoder_batch_norm`` (decoders only), ``no_encoder_norm`` (decoders and heads) and ``no_head_norm``
+  (encoders and decoders).
   Then
 
   * ``obs["major"]``: the major class, the part of ``cell_type_TEM`` before ``"-MET"`` (Sst, Pvalb, Vip, Lamp5,
@@ -91,6 +94,10 @@ N_CELLS_PER_GROUP = 100
 MODEL_SETTINGS: dict[str, dict[str, Any]] = {
     "no_batch_norm": {"use_batch_norm": False},
     "default": {},
+    # batch normalisation in some parts of the network only (issue 15: the SHAP-marker conflict)
+    "decoder_batch_norm": {"norm": {"encoders": "none", "decoders": "batch", "heads": "none"}},
+    "no_encoder_norm": {"norm": {"encoders": "none", "decoders": "batch", "heads": "batch"}},
+    "no_head_norm": {"norm": {"encoders": "batch", "decoders": "batch", "heads": "none"}},
 }
 ACCEPTANCE_MODEL = "no_batch_norm"
 TOP_N = 10

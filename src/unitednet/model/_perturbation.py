@@ -111,7 +111,8 @@ class UnitedNetPerturbationModel(UnitedNetModel):
         (default 1 each).
     **kwargs
         Every other :class:`~unitednet.model.UnitedNetModel` parameter (``n_latent``, ``n_hidden``, ``n_layers``,
-        ``dropout_rate``, ``standardize``, ...).
+        ``dropout_rate``, ``standardize``, ``norm``, ...). The identification head takes the ``"heads"``
+        normalisation of ``norm``.
 
     Examples
     --------
@@ -163,6 +164,8 @@ class UnitedNetPerturbationModel(UnitedNetModel):
             perturbation_loss_weights=perturbation_weights,
         )
         self._held_out: np.ndarray | None = None
+        if isinstance(kwargs.get("norm"), Mapping):
+            kwargs["norm"] = dict(kwargs["norm"])  # a plain dict in the saved init parameters
         super().__init__(mdata, loss_weights=loss_weights or None, **kwargs)
         self._model_summary_string = (
             self._model_summary_string.replace("UnitedNetModel", "UnitedNetPerturbationModel", 1)

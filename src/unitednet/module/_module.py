@@ -10,7 +10,7 @@ from torch import nn
 
 from unitednet._constants import DEFAULT_LOSS_WEIGHTS, OBJECTIVE_LOSSES, REGISTRY_KEYS, modality_key
 from unitednet.nn import MLP, Discriminator, GroupHeads, ModalityFusion, VariationalEncoder, make_encoder
-from unitednet.nn._base import Encoder, Norm, is_sparse_batch, resolve_norm
+from unitednet.nn._base import Encoder, Norm, NormPart, is_sparse_batch, part_norms, resolve_norm
 
 from ._losses import (
     MAX_LOG_MEAN,
@@ -86,7 +86,13 @@ class UnitedNetModule(BaseModuleClass):
         Batch normalisation in hidden layers (when ``norm`` is not given; kept as an alias of ``norm``).
     norm
         Normalisation of the hidden layers of encoders, decoders and head projectors: ``"batch"``, ``"layer"`` or
-        ``"none"``. Default: ``"batch"`` if ``use_batch_norm`` else ``"none"``.
+        ``"none"`` for all three, or a mapping from parts (``"encoders"``, ``"decoders"``, ``"heads"``; the heads
+        are the group heads' projectors, and the perturbation-identification head of
+        :class:`~unitednet.module.UnitedNetPerturbationModule`) to one of those, e.g.
+        ``{"encoders": "none", "decoders": "batch", "heads": "none"}``; parts missing from the mapping follow
+        ``use_batch_norm``. Default: ``"batch"`` if ``use_batch_norm`` else ``"none"``. The discriminators and the
+        latent projector never normalise their hidden layers, and the fusion has none. Unknown parts or values, and a
+        part set to ``"batch"`` with ``use_batch_norm=False``, raise a ``ValueError``.
     encoder
         ``"mlp"`` (deterministic :class:`~unitednet.nn.MLP`), ``"variational"`` (Gaussian posterior,
         :class:`~unitednet.nn.VariationalEncoder`: a sample in training, the mean at inference, plus a ``kl`` term
@@ -127,7 +133,7 @@ class UnitedNetModule(BaseModuleClass):
         n_layers: int = 2,
         dropout_rate: float = 0.3,
         use_batch_norm: bool = True,
-        norm: Norm | None = None,
+        norm: Norm | Mapping[NormPart, Norm] | None = None,
         encoder: Encoder = "mlp",
         fusion: Literal["modality", "feature"] = "modality",
         n_heads: int = 1,
@@ -150,17 +156,24 @@ class UnitedNetModule(BaseModuleClass):
         self.clustering_updates_encoders = clustering_updates_encoders
         # set by the model for each training run: whether the heads' predicted groups define contrastive negatives
         self.contrastive_group_negatives = n_groups > 0
+        # as given (a string, or a dict over every part), and per part
         self.norm = resolve_norm(norm, use_batch_norm)
+        self.part_norms = part_norms(norm, use_batch_norm)
         self.encoder_kind = encoder
-        mlp = {"n_hidden": n_hidden, "n_layers": n_layers, "dropout_rate": dropout_rate, "norm": self.norm}
+        mlp = {"n_hidden": n_hidden, "n_layers": n_layers, "dropout_rate": dropout_rate}
         sparse_inputs = set(sparse_inputs)
         self.encoders = nn.ModuleDict(
             {
-                m: make_encoder(encoder, n, n_latent, **mlp, sparse_input=m in sparse_inputs)
+                m: make_encoder(
+                    encoder, n, n_latent, **mlp, norm=self.part_norms["encoders"], sparse_input=m in sparse_inputs
+                )
                 for m, n in n_features.items()
             }
         )
-        self.decoders = nn.ModuleDict({m: MLP(n_latent, n, **mlp) for m, n in n_features.items()})
+        self.decoders = nn.ModuleDict(
+            {m: MLP(n_latent, n, **mlp, norm=self.part_norms["decoders"]) for m, n in n_features.items()}
+        )
+        # discriminators and latent projector: no normalisation, whatever norm says
         self.discriminators = nn.ModuleDict(
             {
                 m: Discriminator(n, n_hidden=min(n_hidden, 64), sparse_input=m in sparse_inputs)
@@ -182,7 +195,9 @@ class UnitedNetModule(BaseModuleClass):
             else nn.Identity()
         )
         self.heads = (
-            GroupHeads(n_latent, n_groups, n_heads, n_hidden, dropout_rate, norm=self.norm) if n_groups > 0 else None
+            GroupHeads(n_latent, n_groups, n_heads, n_hidden, dropout_rate, norm=self.part_norms["heads"])
+            if n_groups > 0
+            else None
         )
         # the terms balanced by loss_weighting: those of the translation objective that measure a task (not the
         # adversarial generator term); translation and contrastive exist only with two or more modalities

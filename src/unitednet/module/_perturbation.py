@@ -58,7 +58,8 @@ class UnitedNetPerturbationModule(UnitedNetModule):
         are averaged; only the head learns from them). It shows the head perturbed states of every label, including
         labels never seen perturbed. Off by default: on a Kang IFN-beta fold it did not improve identification.
     n_latent, n_hidden, dropout_rate, use_batch_norm
-        As for :class:`~unitednet.module.UnitedNetModule`; the identification head uses them too.
+        As for :class:`~unitednet.module.UnitedNetModule`; the identification head uses them too. It also takes the
+        normalisation of the ``"heads"`` part of ``norm`` (passed on in ``kwargs``; a string applies to every part).
     **kwargs
         Every other :class:`~unitednet.module.UnitedNetModule` parameter (``n_latent``, ``n_hidden``, ...).
     """
@@ -127,7 +128,7 @@ class UnitedNetPerturbationModule(UnitedNetModule):
             n_heads=1,
             n_hidden=n_hidden,
             dropout_rate=dropout_rate,
-            norm=self.norm,
+            norm=self.part_norms["heads"],
         )
         self.register_buffer("perturbation_weights", torch.ones(n_perturbations))
 

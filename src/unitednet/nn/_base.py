@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -10,23 +10,90 @@ from torch import nn
 
 Norm = Literal["batch", "layer", "none"]
 NORMS: tuple[str, ...] = ("batch", "layer", "none")
+NormPart = Literal["encoders", "decoders", "heads"]
+NORM_PARTS: tuple[str, ...] = ("encoders", "decoders", "heads")
+"""Parts of the network whose hidden layers take a normalisation: encoders, decoders and group-head projectors."""
 Encoder = Literal["mlp", "variational", "residual"]
 ENCODERS: tuple[str, ...] = ("mlp", "variational", "residual")
 
 
-def resolve_norm(norm: Norm | None, use_batch_norm: bool = True) -> str:
+def _resolve_one(norm: str | None, use_batch_norm: bool, name: str = "norm") -> str:
+    """One normalisation: ``norm`` when given, else ``"batch"`` or ``"none"`` from ``use_batch_norm``."""
+    if norm is None:
+        return "batch" if use_batch_norm else "none"
+    if not isinstance(norm, str) or norm not in NORMS:
+        raise ValueError(f"{name} must be one of {list(NORMS)}, got {norm!r}.")
+    if norm == "batch" and not use_batch_norm:
+        raise ValueError(
+            f"{name}='batch' contradicts use_batch_norm=False; pass only norm ('batch', 'layer' or 'none', or a "
+            f"mapping over {list(NORM_PARTS)})."
+        )
+    return norm
+
+
+def resolve_norm(norm: Norm | Mapping[NormPart, Norm] | None, use_batch_norm: bool = True) -> str | dict[str, str]:
     """Normalisation of hidden layers: ``norm`` when given, else ``"batch"`` or ``"none"`` from ``use_batch_norm``.
 
     ``use_batch_norm`` is the older switch, kept as an alias; a ``norm`` other than ``"batch"`` overrides it, and
     ``norm="batch"`` with ``use_batch_norm=False`` is a contradiction.
+
+    Parameters
+    ----------
+    norm
+        ``"batch"``, ``"layer"`` or ``"none"`` for every part, ``None`` (from ``use_batch_norm``), or a mapping from
+        network parts (:data:`NORM_PARTS`: ``"encoders"``, ``"decoders"``, ``"heads"``) to one of those strings.
+        Parts missing from a mapping take the value given by ``use_batch_norm``. A part set to ``"batch"`` while
+        ``use_batch_norm=False`` is the same contradiction as ``norm="batch"``.
+    use_batch_norm
+        The older switch: ``"batch"`` if ``True``, else ``"none"``, where ``norm`` does not say.
+
+    Returns
+    -------
+    The normalisation as a string when ``norm`` is a string or ``None``; for a mapping, a dict with every part of
+    :data:`NORM_PARTS`.
+
+    Raises
+    ------
+    ValueError
+        On an unknown normalisation or part name, and on ``"batch"`` with ``use_batch_norm=False``.
     """
-    if norm is None:
-        return "batch" if use_batch_norm else "none"
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {list(NORMS)}, got {norm!r}.")
-    if norm == "batch" and not use_batch_norm:
-        raise ValueError("norm='batch' contradicts use_batch_norm=False; pass only norm ('batch', 'layer' or 'none').")
-    return norm
+    if norm is None or isinstance(norm, str):
+        return _resolve_one(norm, use_batch_norm)
+    if not isinstance(norm, Mapping):
+        raise ValueError(
+            f"norm must be one of {list(NORMS)} or a mapping from parts {list(NORM_PARTS)} to one of them, got "
+            f"{norm!r}."
+        )
+    unknown = [part for part in norm if part not in NORM_PARTS]
+    if unknown:
+        raise ValueError(f"Unknown norm part(s) {unknown}: the parts are {list(NORM_PARTS)}.")
+    resolved = {}
+    for part in NORM_PARTS:
+        value = norm.get(part)
+        if part in norm and not isinstance(value, str):
+            # an explicit value must be a normalisation (only a missing part follows use_batch_norm)
+            raise ValueError(f"norm[{part!r}] must be one of {list(NORMS)}, got {value!r}.")
+        resolved[part] = _resolve_one(value, use_batch_norm, f"norm[{part!r}]")
+    return resolved
+
+
+def part_norms(norm: Norm | Mapping[NormPart, Norm] | None, use_batch_norm: bool = True) -> dict[str, str]:
+    """The normalisation of each part of :data:`NORM_PARTS` (a string ``norm`` applies to all of them).
+
+    See :func:`resolve_norm` for the arguments and errors.
+    """
+    resolved = resolve_norm(norm, use_batch_norm)
+    return dict.fromkeys(NORM_PARTS, resolved) if isinstance(resolved, str) else resolved
+
+
+def _block_norm(norm: Norm | None, use_batch_norm: bool) -> str:
+    """The one normalisation of a building block (a per-part mapping is resolved by the module, not here)."""
+    if norm is not None and not isinstance(norm, str):
+        raise ValueError(
+            f"A building block takes one norm ({list(NORMS)}), got {norm!r}; per-part mappings are for "
+            "UnitedNetModule / UnitedNetModel."
+        )
+    return _resolve_one(norm, use_batch_norm)
 
 
 def _norm_layer(norm: str, n: int) -> nn.Module | None:
@@ -151,7 +218,7 @@ class MLP(nn.Module):
         sparse_input: bool = False,
     ):
         super().__init__()
-        norm = resolve_norm(norm, use_batch_norm)
+        norm = _block_norm(norm, use_batch_norm)
         layers: list[nn.Module] = []
         n_in = n_input
         for _ in range(n_layers):
@@ -205,7 +272,7 @@ class ResidualMLP(nn.Module):
         norm: Norm | None = None,
     ):
         super().__init__()
-        norm = resolve_norm(norm, use_batch_norm)
+        norm = _block_norm(norm, use_batch_norm)
         self.input = MLP(n_input, n_hidden, n_layers=0)
         self.blocks = nn.ModuleList(
             [
@@ -358,7 +425,7 @@ class GroupHeads(nn.Module):
         norm: Norm | None = None,
     ):
         super().__init__()
-        norm = resolve_norm(norm, use_batch_norm)
+        norm = _block_norm(norm, use_batch_norm)
         self.projectors = nn.ModuleList(
             [
                 nn.Sequential(
