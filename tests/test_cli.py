@@ -111,6 +111,55 @@ def test_fit_without_batch_norm(tiny_h5mu, tmp_path):
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in model.module.modules())
 
 
+def test_fit_with_batch_norm_in_the_decoders_only(tiny_h5mu, tmp_path):
+    out = tmp_path / "out"
+    _fit(tiny_h5mu, out, "--norm", "encoders=none", "--norm", "heads=none")
+    model = UnitedNetModel.load(str(out / "model"), md.read_h5mu(out / "annotated.h5mu"))
+
+    def has_batch_norm(part):
+        return any(isinstance(m, torch.nn.BatchNorm1d) for m in part.modules())
+
+    # the part not named follows --batch-norm (on by default)
+    assert has_batch_norm(model.module.decoders)
+    assert not has_batch_norm(model.module.encoders)
+    assert not has_batch_norm(model.module.heads)
+
+
+def test_fit_with_one_norm_for_every_part(tiny_h5mu, tmp_path):
+    out = tmp_path / "out"
+    _fit(tiny_h5mu, out, "--norm", "layer")
+    model = UnitedNetModel.load(str(out / "model"), md.read_h5mu(out / "annotated.h5mu"))
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in model.module.modules())
+    for part in (model.module.encoders, model.module.decoders, model.module.heads):
+        assert any(isinstance(m, torch.nn.LayerNorm) for m in part.modules())
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["big"], "expected one of batch, layer, none"),
+        (["encoder=none"], "unknown part 'encoder'"),
+        (["decoders=huge"], "expected one of batch, layer, none"),
+    ],
+)
+def test_fit_rejects_bad_norms(tiny_h5mu, capsys, values, message):
+    args = [a for v in values for a in ("--norm", v)]
+    with pytest.raises(SystemExit) as info:
+        main(["fit", str(tiny_h5mu), *args])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "values", [["none", "decoders=batch"], ["none", "batch"], ["heads=none", "heads=batch"]], ids=str
+)
+def test_fit_rejects_conflicting_norms(tiny_h5mu, tmp_path, values):
+    args = [a for v in values for a in ("--norm", v)]
+    with pytest.raises(SystemExit, match="give --norm once for every part"):
+        main(["fit", str(tiny_h5mu), "--out", str(tmp_path / "out"), *args])
+    assert not (tmp_path / "out").exists()
+
+
 def test_fit_in_bf16_mixed_precision(tiny_h5mu, tmp_path):
     out = tmp_path / "out"
     assert _fit(tiny_h5mu, out, "--precision", "bf16-mixed") == 0
