@@ -29,6 +29,16 @@ CANDIDATES: dict[str, tuple[dict, dict]] = {
     "heads5_ddc3": ({"n_heads": 5, "loss_weights": {"ddc": 3.0}}, {}),
     "heads5_ddc10": ({"n_heads": 5, "loss_weights": {"ddc": 10.0}}, {}),
     "heads5_ddc1_entropy1": ({"n_heads": 5, "loss_weights": {"ddc": 1.0, "self_entropy": 1.0}}, {}),
+    # batch normalisation in the decoders only, or nowhere (the package default normalises every part)
+    "heads5_ddc3_decoder_batch_norm": (
+        {
+            "n_heads": 5,
+            "loss_weights": {"ddc": 3.0},
+            "norm": {"encoders": "none", "decoders": "batch", "heads": "none"},
+        },
+        {},
+    ),
+    "heads5_ddc3_no_norm": ({"n_heads": 5, "loss_weights": {"ddc": 3.0}, "norm": "none"}, {}),
 }
 
 
