@@ -31,6 +31,12 @@ REPO_ROOT = BENCHMARK_DIR.parent
 RESULTS_DIR = BENCHMARK_DIR / "results"
 DATA_ENV_VAR = "UNITEDNET_DATA_DIR"
 PRECISIONS = ("32", "bf16-mixed")  # the training precisions the scripts offer (Lightning's `precision`)
+# batch normalisation in some parts of the network only: the model's `norm` as a mapping over its parts
+PART_NORMS: dict[str, dict[str, str]] = {
+    "decoder_batch_norm": {"encoders": "none", "decoders": "batch", "heads": "none"},
+    "no_encoder_norm": {"encoders": "none", "decoders": "batch", "heads": "batch"},
+    "no_head_norm": {"encoders": "batch", "decoders": "batch", "heads": "none"},
+}
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 from _common import (
+    PART_NORMS,
     default_json_path,
     dense,
     fmt_mean_sd,
@@ -73,9 +74,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "layer_norm": {"norm": "layer"},
     "no_norm": {"norm": "none"},
     # batch normalisation in some parts of the network only (the SHAP-marker conflict of batch normalisation)
-    "decoder_batch_norm": {"norm": {"encoders": "none", "decoders": "batch", "heads": "none"}},
-    "no_encoder_norm": {"norm": {"encoders": "none", "decoders": "batch", "heads": "batch"}},
-    "no_head_norm": {"norm": {"encoders": "batch", "decoders": "batch", "heads": "none"}},
+    **{name: {"norm": norm} for name, norm in PART_NORMS.items()},
 }
 # likelihood variants (data sets with raw counts only): registered layers and likelihoods
 COUNT_VARIANTS: dict[str, dict[str, dict[str, Any]]] = {

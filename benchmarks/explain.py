@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from _common import (
+    PART_NORMS,
     current_rss_mb,
     default_json_path,
     fmt,
@@ -95,9 +96,7 @@ MODEL_SETTINGS: dict[str, dict[str, Any]] = {
     "no_batch_norm": {"use_batch_norm": False},
     "default": {},
     # batch normalisation in some parts of the network only (issue 15: the SHAP-marker conflict)
-    "decoder_batch_norm": {"norm": {"encoders": "none", "decoders": "batch", "heads": "none"}},
-    "no_encoder_norm": {"norm": {"encoders": "none", "decoders": "batch", "heads": "batch"}},
-    "no_head_norm": {"norm": {"encoders": "batch", "decoders": "batch", "heads": "none"}},
+    **{name: {"norm": norm} for name, norm in PART_NORMS.items()},
 }
 ACCEPTANCE_MODEL = "no_batch_norm"
 TOP_N = 10

@@ -64,6 +64,7 @@ from _baselines import (
     verdict_rows,
 )
 from _common import (
+    PART_NORMS,
     PRECISIONS,
     current_rss_mb,
     default_json_path,
@@ -106,7 +107,7 @@ DEFAULT_MAX_EPOCHS = 100
 UNSUPERVISED_KWARGS = {
     "n_heads": 5,
     "loss_weights": {"ddc": 3.0},
-    "norm": {"encoders": "none", "decoders": "batch", "heads": "none"},
+    "norm": PART_NORMS["decoder_batch_norm"],
 }
 MAX_PCS = 50
 KNN_NAME = f"knn{N_NEIGHBORS_CLASSIFIER}_pca"

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import scvi
-from _common import default_json_path, set_threads, write_json
+from _common import PART_NORMS, default_json_path, set_threads, write_json
 from sklearn.model_selection import StratifiedKFold
 
 import unitednet as un
@@ -31,11 +31,7 @@ CANDIDATES: dict[str, tuple[dict, dict]] = {
     "heads5_ddc1_entropy1": ({"n_heads": 5, "loss_weights": {"ddc": 1.0, "self_entropy": 1.0}}, {}),
     # batch normalisation in the decoders only, or nowhere (the package default normalises every part)
     "heads5_ddc3_decoder_batch_norm": (
-        {
-            "n_heads": 5,
-            "loss_weights": {"ddc": 3.0},
-            "norm": {"encoders": "none", "decoders": "batch", "heads": "none"},
-        },
+        {"n_heads": 5, "loss_weights": {"ddc": 3.0}, "norm": PART_NORMS["decoder_batch_norm"]},
         {},
     ),
     "heads5_ddc3_no_norm": ({"n_heads": 5, "loss_weights": {"ddc": 3.0}, "norm": "none"}, {}),
