@@ -13,8 +13,9 @@ Protocol (the issue's acceptance protocol):
   (the size ``patchseq_select_unsupervised.py`` selected the unsupervised settings with).
 
   * unsupervised: registered *without* labels, ``n_groups=27``, ``task="unsupervised"``, with
-    ``UNSUPERVISED_KWARGS`` (5 group heads, DDC weight 3, batch normalisation in the decoders only: chosen by
-    ``patchseq_select_unsupervised.py`` on the training cells of folds 0 and 1); test-fold groups scored by Hungarian-matched accuracy, ARI and NMI.
+    ``UNSUPERVISED_KWARGS`` (5 group heads, DDC weight 3, the published translation weight 1, batch normalisation in
+    the decoders only: chosen by ``patchseq_select_unsupervised.py`` on the training cells of folds 0 and 1);
+    test-fold groups scored by Hungarian-matched accuracy, ARI and NMI.
   * supervised: registered with ``labels_key="cell_type_TEM"``, ``task="supervised"``; test accuracy, balanced
     accuracy and macro F1. Its validation split is the one ``model.train`` draws by default (stratified by label,
     seed 0), built here with the package's own ``stratified_split`` and passed as ``split_key`` because
@@ -106,7 +107,7 @@ DEFAULT_MAX_EPOCHS = 100
 # batch normalisation everywhere, and 0.430 with none).
 UNSUPERVISED_KWARGS = {
     "n_heads": 5,
-    "loss_weights": {"ddc": 3.0},
+    "loss_weights": {"ddc": 3.0, "translation": 1.0},
     "norm": PART_NORMS["decoder_batch_norm"],
 }
 MAX_PCS = 50

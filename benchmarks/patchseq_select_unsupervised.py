@@ -35,6 +35,11 @@ CANDIDATES: dict[str, tuple[dict, dict]] = {
         {},
     ),
     "heads5_ddc3_no_norm": ({"n_heads": 5, "loss_weights": {"ddc": 3.0}, "norm": "none"}, {}),
+    # the published translation weight 1 (the package default is 3 since 2026-12-06)
+    "heads5_ddc3_decoder_batch_norm_translation1": (
+        {"n_heads": 5, "loss_weights": {"ddc": 3.0, "translation": 1.0}, "norm": PART_NORMS["decoder_batch_norm"]},
+        {},
+    ),
 }
 
 

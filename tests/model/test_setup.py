@@ -99,8 +99,9 @@ def test_unsupervised_model_with_n_groups(mdata, model_kwargs):
 
 def test_loss_weights_override_defaults(mdata, model_kwargs):
     UnitedNetModel.setup_mudata(mdata)
-    model = UnitedNetModel(mdata, loss_weights={"translation": 3.0}, **model_kwargs)
-    assert model.module.loss_weights["translation"] == 3.0
+    assert UnitedNetModel(mdata, **model_kwargs).module.loss_weights["translation"] == 3.0
+    model = UnitedNetModel(mdata, loss_weights={"translation": 1.0}, **model_kwargs)
+    assert model.module.loss_weights["translation"] == 1.0
     assert model.module.loss_weights["generator"] == 0.1
     assert model.module.loss_weights["reconstruction"] == 1.0
 

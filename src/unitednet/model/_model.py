@@ -120,11 +120,11 @@ class UnitedNetModel(BaseModelClass):
         (translation only). Set it for unsupervised group identification.
     loss_weights
         Weights of the loss terms, keyed by name (``classification``, ``ddc``, ``self_entropy``, ``reconstruction``,
-        ``translation``, ``generator``, ``discriminator``, ``contrastive``, ``kl``); omitted terms keep the published
-        defaults (1, except 0.1 for ``ddc``, ``self_entropy``, ``generator`` and ``discriminator``; ``kl``, used by
-        variational encoders only, 0.01). For
-        unsupervised group identification a larger ``ddc`` weight can help: on Patch-seq (5 heads) a weight of 1 to
-        10 clustered the training cells better than 0.1.
+        ``translation``, ``generator``, ``discriminator``, ``contrastive``, ``kl``); omitted terms keep the defaults
+        (:data:`unitednet._constants.DEFAULT_LOSS_WEIGHTS`: 1, except 3 for ``translation``, 0.1 for ``ddc``,
+        ``self_entropy``, ``generator`` and ``discriminator`` and 0.01 for ``kl``, used by variational encoders only;
+        the published model weighs ``translation`` 1). For unsupervised group identification a larger ``ddc`` weight
+        can help: on Patch-seq (5 heads) a weight of 1 to 10 clustered the training cells better than 0.1.
     standardize
         Centre and scale each gaussian modality per feature with statistics of the training cells only (stored in
         the model, applied to any data it later reads, undone on predicted profiles). ``True``/``False`` for all
