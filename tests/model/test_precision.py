@@ -38,7 +38,7 @@ def test_sparse_first_layer_runs_in_float32_under_autocast(binary):
         with torch.autocast(**BF16, enabled=enabled):
             out = linear(first, x, loc, scale)
             out.square().sum().backward()
-        results.append((out.detach(), first.weight.grad.clone(), first.bias.grad.clone()))
+        results.append((out.detach(), first.weight_t.grad.clone(), first.bias.grad.clone()))
     (ref, ref_w, ref_b), (out, grad_w, grad_b) = results
     assert out.dtype == torch.float32 and grad_w.dtype == torch.float32
     torch.testing.assert_close(out, ref, rtol=0, atol=0)  # the same float32 arithmetic, not a bfloat16 one

@@ -255,12 +255,41 @@ def test_backed_setup_checks_values_block_by_block(tmp_path, make_mudata, monkey
 def test_sparse_modalities_keep_column_major_first_layers(mdata):
     UnitedNetModel.setup_mudata(mdata, labels_key="cell_type")
     model = UnitedNetModel(mdata, n_latent=4, n_hidden=8, n_layers=1)
-    atac = model.module.encoders["atac"].network[0].weight
-    assert atac.shape == (8, 32) and atac.stride() == (1, 8)  # the layout of the sparse product
-    assert model.module.discriminators["atac"].mlp.network[0].weight.stride() == (1, 8)
+    first = model.module.encoders["atac"].network[0]
+    # the parameter is stored transposed and contiguous (inputs x outputs): the layout of the sparse product and of
+    # its gradient, which fused Adam updates without copying; ``weight`` is nn.Linear's view of it
+    assert first.weight_t.shape == (32, 8) and first.weight_t.is_contiguous()
+    assert first.weight.shape == (8, 32) and first.weight.stride() == (1, 8)
+    assert [name for name, _ in first.named_parameters()] == ["weight_t", "bias"]
+    assert model.module.discriminators["atac"].mlp.network[0].weight_t.is_contiguous()
     assert model.module.encoders["rna"].network[0].weight.is_contiguous()  # dense modality: nn.Linear's layout
     model.train("supervised", max_epochs=1, batch_size=32, enable_progress_bar=False)
-    assert model.module.encoders["atac"].network[0].weight.stride() == (1, 8)
+    assert first.weight_t.is_contiguous() and first.weight.stride() == (1, 8)
+
+
+def test_sparse_input_linear_matches_nn_linear():
+    from torch import nn
+
+    from unitednet.nn import SparseInputLinear
+
+    torch.manual_seed(0)
+    reference = nn.Linear(30, 5)
+    torch.manual_seed(0)
+    layer = SparseInputLinear(30, 5)
+    assert torch.equal(layer.weight, reference.weight) and torch.equal(layer.bias, reference.bias)  # same init
+    x = torch.rand(7, 30) * (torch.rand(7, 30) < 0.2)
+    torch.testing.assert_close(layer(x), reference(x))
+    torch.testing.assert_close(layer(x.to_sparse_csr()), reference(x))  # the sparse product
+    layer(x.to_sparse_csr()).square().sum().backward()
+    reference(x).square().sum().backward()
+    torch.testing.assert_close(layer.weight_t.grad, reference.weight.grad.t())
+    torch.testing.assert_close(layer.bias.grad, reference.bias.grad)
+    assert layer.weight_t.grad.is_contiguous()
+    # an nn.Linear state dict (``weight``, outputs x inputs) loads into the transposed parameter
+    loaded = SparseInputLinear(30, 5)
+    loaded.load_state_dict(reference.state_dict())
+    assert torch.equal(loaded.weight, reference.weight)
+    assert list(loaded.state_dict()) == ["weight_t", "bias"]
 
 
 def test_backed_query_with_reordered_and_extra_features_reads_rows_only(tmp_path, make_mudata, model_kwargs):

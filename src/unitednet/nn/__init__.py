@@ -1,6 +1,15 @@
 """Building blocks of the UnitedNet module: MLPs and encoders, modality fusion, group heads and discriminators."""
 
-from ._base import MLP, Discriminator, GroupHeads, ModalityFusion, ResidualMLP, VariationalEncoder, make_encoder
+from ._base import (
+    MLP,
+    Discriminator,
+    GroupHeads,
+    ModalityFusion,
+    ResidualMLP,
+    SparseInputLinear,
+    VariationalEncoder,
+    make_encoder,
+)
 
 __all__ = [
     "MLP",
@@ -8,6 +17,7 @@ __all__ = [
     "GroupHeads",
     "ModalityFusion",
     "ResidualMLP",
+    "SparseInputLinear",
     "VariationalEncoder",
     "make_encoder",
 ]

@@ -131,36 +131,89 @@ def sparse_transpose(x: torch.Tensor) -> torch.Tensor:
 
 
 class _SparseLinear(torch.autograd.Function):
-    """``x @ weight.T + bias`` for a sparse CSR ``x``; the cost grows with the non-zeros of ``x``, not its width.
+    """``x @ weight_t + bias`` for a sparse CSR ``x``; the cost grows with the non-zeros of ``x``, not its width.
 
-    No gradient flows to ``x`` (it is data); the weight gradient ``(x.T @ grad).T`` is a sparse-dense product too.
+    ``weight_t`` is the weight transposed (input features x outputs). No gradient flows to ``x`` (it is data); the
+    gradient of ``weight_t``, ``x.T @ grad``, is a sparse-dense product too, written straight into a new tensor.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(x)
         ctx.has_bias = bias is not None
         # torch's sparse products have no reduced-precision kernels: under autocast (bf16/fp16) this layer stays in
         # the parameters' precision and the next layers cast its output
         with torch.autocast(x.device.type, enabled=False):
-            out = torch.sparse.mm(x, weight.float().t())
+            out = torch.sparse.mm(x, weight_t.float())
             return out if bias is None else out.add_(bias.float())
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (x,) = ctx.saved_tensors
-        grad_weight = grad_bias = None
+        grad_weight_t = grad_bias = None
         grad = grad.float()
         if ctx.needs_input_grad[1]:
             with torch.autocast(x.device.type, enabled=False):
-                grad_weight = torch.sparse.mm(sparse_transpose(x), grad).t()
+                # beta=0: the uninitialised output is only written (torch.sparse.mm would zero it, then copy)
+                out = grad.new_empty(x.shape[1], grad.shape[1])
+                grad_weight_t = torch.addmm(out, sparse_transpose(x), grad, beta=0, out=out)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum(0)
-        return None, grad_weight, grad_bias
+        return None, grad_weight_t, grad_bias
+
+
+class SparseInputLinear(nn.Module):
+    """A linear layer for mostly sparse CSR input, with the weight stored transposed.
+
+    The parameter is ``weight_t`` (``in_features x out_features``, contiguous): the weights of one input feature
+    are contiguous, the layout that the sparse product reads and that its gradient has, so neither the product nor
+    the optimizer copies it in each step. ``weight`` is its transposed view, with the shape and values of an
+    ``nn.Linear`` built with the same arguments (the same random initialisation). Dense input goes through
+    ``F.linear`` as in ``nn.Linear``. A state dict that stores ``weight`` (``out x in``) loads too.
+
+    Parameters
+    ----------
+    in_features
+        Number of input features.
+    out_features
+        Number of outputs.
+    bias
+        Whether the layer has a bias.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        reference = nn.Linear(in_features, out_features, bias=bias)
+        self.in_features, self.out_features = in_features, out_features
+        self.weight_t = nn.Parameter(reference.weight.detach().t().contiguous())
+        self.bias = reference.bias
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight as ``nn.Linear`` holds it (``out_features x in_features``): a view of ``weight_t``."""
+        return self.weight_t.t()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ weight.T + bias`` for dense or sparse CSR ``x``."""
+        if is_sparse_batch(x):
+            return _SparseLinear.apply(x, self.weight_t, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        legacy = state_dict.pop(prefix + "weight", None)  # an nn.Linear's key and layout
+        if legacy is not None and prefix + "weight_t" not in state_dict:
+            state_dict[prefix + "weight_t"] = legacy.t().contiguous()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
 def linear(
-    layer: nn.Linear, x: torch.Tensor, loc: torch.Tensor | None = None, scale: torch.Tensor | None = None
+    layer: nn.Linear | SparseInputLinear,
+    x: torch.Tensor,
+    loc: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Apply a linear layer to dense or sparse CSR input, optionally standardised first: ``layer((x - loc) / scale)``.
 
@@ -171,14 +224,16 @@ def linear(
         if loc is not None:
             x = (x - loc) / scale
         return layer(x)
-    weight, bias = layer.weight, layer.bias
+    weight_t = layer.weight_t if isinstance(layer, SparseInputLinear) else layer.weight.t()
+    bias = layer.bias
     if loc is not None:
         # folded in float32 under autocast too (a bfloat16 product would round the shift of large means)
         with torch.autocast(x.device.type, enabled=False):
-            weight = weight.float() / scale.float()
-            shift = weight @ loc.float()
+            weight_t = weight_t.float() / scale.float().unsqueeze(1)
+            # a matrix-vector product: its backward (outer product) is not cast under autocast, unlike a matmul's
+            shift = weight_t.t() @ loc.float()
             bias = -shift if bias is None else bias.float() - shift
-    return _SparseLinear.apply(x, weight, bias)
+    return _SparseLinear.apply(x, weight_t, bias)
 
 
 class MLP(nn.Module):
@@ -201,9 +256,9 @@ class MLP(nn.Module):
     norm
         Normalisation of hidden layers: ``"batch"``, ``"layer"`` or ``"none"``; overrides ``use_batch_norm``.
     sparse_input
-        The input is mostly sparse CSR minibatches: the first layer's weight is stored column-major (the weights
-        of one input feature contiguous), the layout that the sparse product reads and that its weight gradient
-        has, so neither is copied in each step. Values and shape are those of an ordinary ``nn.Linear``.
+        The input is mostly sparse CSR minibatches: the first layer is a :class:`SparseInputLinear` (weight stored
+        transposed, the layout of the sparse product and of its gradient), with the values of the ``nn.Linear`` it
+        replaces.
     """
 
     def __init__(
@@ -221,8 +276,8 @@ class MLP(nn.Module):
         norm = _block_norm(norm, use_batch_norm)
         layers: list[nn.Module] = []
         n_in = n_input
-        for _ in range(n_layers):
-            layers.append(nn.Linear(n_in, n_hidden))
+        for i in range(n_layers):
+            layers.append((SparseInputLinear if sparse_input and i == 0 else nn.Linear)(n_in, n_hidden))
             if (norm_layer := _norm_layer(norm, n_hidden)) is not None:
                 layers.append(norm_layer)
             # not in-place: shap's DeepExplainer cannot trace in-place activations
@@ -230,9 +285,7 @@ class MLP(nn.Module):
             if dropout_rate > 0:
                 layers.append(nn.Dropout(dropout_rate))
             n_in = n_hidden
-        layers.append(nn.Linear(n_in, n_output))
-        if sparse_input:
-            layers[0].weight = nn.Parameter(layers[0].weight.detach().t().contiguous().t())
+        layers.append((SparseInputLinear if sparse_input and n_layers == 0 else nn.Linear)(n_in, n_output))
         self.network = nn.Sequential(*layers)
 
     def forward(
