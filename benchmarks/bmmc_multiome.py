@@ -19,7 +19,11 @@ Protocol:
   MuData holds the s1d2 cells without any obs column (no labels). Three adaptations of each supervised /
   translation model: on ``rna`` + ``atac`` (for cell-type transfer; the labels are the evaluation target and are
   never given), with ``held_out=["atac"]`` (RNA -> ATAC is evaluated) and with ``held_out=["rna"]`` (ATAC -> RNA):
-  the evaluation target never enters adaptation.
+  the evaluation target never enters adaptation. The unsupervised model is adapted once, on ``rna`` + ``atac``, for
+  its clustering of the s1d2 cells (transductive, like the scvi-tools peers, which train on all cells).
+- Clustering of the s1d2 cells by UnitedNet: its group heads, and Leiden on the fused latent (as for every other
+  latent). Diagnostic rows (never in a verdict) cluster each modality's own latent the same way, to show what each
+  encoder contributes to the fused latent on cells of the unseen batch.
 - Baselines on the same split: classification by ``LogisticRegression`` and 15-NN on ``PCA(50)`` of the
   concatenated, standardised modalities (scaler and PCA fit on training cells); prediction by ``RidgeCV`` and RBF
   kernel ridge (alpha and gamma by 5-fold CV on training cells) on a 50-component ``TruncatedSVD`` of the source
@@ -212,9 +216,17 @@ def evaluate(model, task: str, query, truth: dict[str, np.ndarray], seen, pairs=
 
 
 def clustering_of_latent(model, query, truth: np.ndarray, k: int) -> dict[str, Any]:
-    """Leiden (K-matched and resolution 1) on a 15-NN graph of the model's fused latent of the query cells."""
+    """Leiden (K-matched and resolution 1) on a 15-NN graph of the model's fused latent of the query cells.
+
+    Also (diagnostic, ``leiden_latent_<modality>_*``, never in a verdict) the same on each modality's own latent,
+    which shows how much each encoder's latent carries into the fused one on these cells.
+    """
     graph, _ = knn_graph(model.get_latent_representation(query), seed=SEED)
-    return leiden_runs(graph, k, truth, seed=SEED, prefix="leiden_latent")
+    out = leiden_runs(graph, k, truth, seed=SEED, prefix="leiden_latent")
+    for m in MODALITIES:
+        graph, _ = knn_graph(model.get_latent_representation(query, modality=m), seed=SEED)
+        out.update(leiden_runs(graph, k, truth, seed=SEED, prefix=f"leiden_latent_{m}"))
+    return out
 
 
 def run_unitednet(task: str, mdata, test, truth, seen, n_groups: int, args) -> tuple[dict[str, Any], Any]:
@@ -272,13 +284,16 @@ def run_adaptations(model, task: str, mdata, test, truth, seen, args) -> dict[st
     import scvi
 
     import unitednet as un
+    from unitednet.tl import clustering_metrics
 
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         model.save(tmp, overwrite=True)
         for name, held_out in ADAPTATIONS.items():
-            if task != "supervised" and name == "adapt":
-                continue  # without labels to transfer, an adaptation on both modalities has no held-out target
+            if task == "translation" and name == "adapt":
+                continue  # without labels or groups, an adaptation on both modalities has no held-out target
+            if task == "unsupervised" and name != "adapt":
+                continue  # the unsupervised model is adapted for its clustering of the query cells only
             scvi.settings.seed = SEED
             adapted = un.UnitedNetModel.load(tmp, adata=mdata)
             query = make_query(mdata, test, MODALITIES)  # both modalities; the held-out one is never read
@@ -294,6 +309,9 @@ def run_adaptations(model, task: str, mdata, test, truth, seen, args) -> dict[st
             label_query = make_query(mdata, test, used)  # labels predicted from the adapted-on modalities only
             pairs = [(s, t) for s, t in PAIRS if t in held_out]
             r = evaluate(adapted, task, query, truth, seen, pairs=pairs, label_query=label_query)
+            if task == "unsupervised":  # clustering of the query cells by the adapted model (labels never read)
+                r["clustering"] = clustering_metrics(truth[LABELS_KEY], adapted.predict_labels(query))
+                r.update(clustering_of_latent(adapted, query, truth[LABELS_KEY], len(seen)))
             r.update(
                 adapt_s=t.seconds,
                 held_out=held_out,
@@ -421,11 +439,24 @@ def clustering_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     uns = results.get("unitednet_unsupervised")
     if uns is not None:
         rows.append({"method": "unitednet unsupervised (group heads)", **_cluster_cols(uns["clustering"], None)})
-    for task in ("unsupervised", "translation"):
-        run = results.get(f"unitednet_{task}")
-        if run is not None:
-            for name in ("leiden_latent_k", "leiden_latent_res1"):
-                rows.append({"method": f"unitednet {task} latent, {name}", **_cluster_cols(run[name], run[name])})
+    adapted = results.get("unitednet_unsupervised_adapted", {}).get("adapt")
+    if adapted is not None:
+        rows.append(
+            {"method": "unitednet unsupervised adapted (group heads)", **_cluster_cols(adapted["clustering"], None)}
+        )
+    runs = {task: results.get(f"unitednet_{task}") for task in ("unsupervised", "translation")}
+    runs["unsupervised adapted"] = adapted
+    for task, run in runs.items():
+        if run is None:
+            continue
+        for name in ("leiden_latent_k", "leiden_latent_res1"):
+            rows.append({"method": f"unitednet {task} latent, {name}", **_cluster_cols(run[name], run[name])})
+        for m in MODALITIES:  # diagnostic: one modality's latent (not a verdict)
+            for name in (f"leiden_latent_{m}_k", f"leiden_latent_{m}_res1"):
+                if name in run:
+                    rows.append(
+                        {"method": f"(diagnostic) unitednet {task}, {name}", **_cluster_cols(run[name], run[name])}
+                    )
     for name, m in results["baselines"]["clustering"].items():
         rows.append({"method": name, **_cluster_cols(m, m)})
     return rows
@@ -462,6 +493,9 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
     for task in ("unsupervised", "translation"):
         if f"unitednet_{task}" in results:
             ari[f"unitednet {task} latent, leiden_k"] = results[f"unitednet_{task}"]["leiden_latent_k"]["ari"]
+    adapted = results.get("unitednet_unsupervised_adapted", {}).get("adapt")
+    if adapted is not None:
+        ari["unitednet unsupervised adapted latent, leiden_k"] = adapted["leiden_latent_k"]["ari"]
     rows += verdict_rows("ARI", ari, {k: v["ari"] for k, v in base["clustering"].items()}, main=True)
     return rows
 
@@ -538,7 +572,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{r['n_validation_cells']} validation cells (split_key {r['split_key']!r})",
                 flush=True,
             )
-            if task in ("supervised", "translation") and not args.no_adapt:
+            if not args.no_adapt:
                 results[f"unitednet_{task}_adapted"] = run_adaptations(model, task, private, test, truth, seen, args)
         print("-- baselines", flush=True)
         with timer() as t_base:
