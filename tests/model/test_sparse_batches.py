@@ -341,3 +341,26 @@ def test_backed_query_with_reordered_and_extra_features_reads_rows_only(tmp_path
     )
     np.testing.assert_allclose(latent, model.get_latent_representation(batch_size=40), rtol=1e-5, atol=1e-6)
     assert backed.mod["rna"].isbacked and backed.mod["atac"].isbacked
+
+
+@pytest.mark.parametrize("kind", ["mlp", "variational", "residual"])
+def test_every_encoder_kind_reads_sparse_input_through_a_sparse_input_linear(kind):
+    from unitednet.nn import SparseInputLinear, make_encoder
+
+    torch.manual_seed(0)
+    dense_layout = make_encoder(kind, 30, 4, n_hidden=8, n_layers=1, dropout_rate=0.0)
+    torch.manual_seed(0)
+    sparse_layout = make_encoder(kind, 30, 4, n_hidden=8, n_layers=1, dropout_rate=0.0, sparse_input=True)
+    firsts = [m for m in sparse_layout.modules() if isinstance(m, SparseInputLinear)]
+    assert len(firsts) == 1 and firsts[0].in_features == 30
+    assert not any(isinstance(m, SparseInputLinear) for m in dense_layout.modules())
+    # the same initial values (same random draws), so the two layouts compute the same function
+    dense_params = dict(dense_layout.named_parameters())
+    for name, value in sparse_layout.named_parameters():
+        if name.endswith("weight_t"):
+            assert torch.equal(value.t(), dense_params[name.removesuffix("_t")])
+        else:
+            assert torch.equal(value, dense_params[name])
+    dense_layout.eval(), sparse_layout.eval()
+    x = torch.rand(6, 30) * (torch.rand(6, 30) < 0.2)
+    torch.testing.assert_close(sparse_layout(x.to_sparse_csr()), dense_layout(x))

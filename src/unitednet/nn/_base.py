@@ -310,7 +310,7 @@ class ResidualMLP(nn.Module):
 
     Parameters
     ----------
-    n_input, n_output, n_hidden, n_layers, dropout_rate, use_batch_norm, norm
+    n_input, n_output, n_hidden, n_layers, dropout_rate, use_batch_norm, norm, sparse_input
         As for :class:`MLP`; ``n_layers`` counts the residual blocks (0 gives two stacked linear maps).
     """
 
@@ -323,10 +323,11 @@ class ResidualMLP(nn.Module):
         dropout_rate: float = 0.1,
         use_batch_norm: bool = True,
         norm: Norm | None = None,
+        sparse_input: bool = False,
     ):
         super().__init__()
         norm = _block_norm(norm, use_batch_norm)
-        self.input = MLP(n_input, n_hidden, n_layers=0)
+        self.input = MLP(n_input, n_hidden, n_layers=0, sparse_input=sparse_input)
         self.blocks = nn.ModuleList(
             [
                 MLP(n_hidden, n_hidden, n_hidden, n_layers=1, dropout_rate=dropout_rate, norm=norm)
@@ -352,7 +353,7 @@ class VariationalEncoder(nn.Module):
 
     Parameters
     ----------
-    n_input, n_output, n_hidden, n_layers, dropout_rate, use_batch_norm, norm
+    n_input, n_output, n_hidden, n_layers, dropout_rate, use_batch_norm, norm, sparse_input
         As for :class:`MLP`; ``n_output`` is the latent dimension.
     """
 
@@ -367,10 +368,13 @@ class VariationalEncoder(nn.Module):
         dropout_rate: float = 0.1,
         use_batch_norm: bool = True,
         norm: Norm | None = None,
+        sparse_input: bool = False,
     ):
         super().__init__()
         self.n_output = n_output
-        self.network = MLP(n_input, 2 * n_output, n_hidden, n_layers, dropout_rate, use_batch_norm, norm)
+        self.network = MLP(
+            n_input, 2 * n_output, n_hidden, n_layers, dropout_rate, use_batch_norm, norm, sparse_input=sparse_input
+        )
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Latent (sample in training, mean in evaluation), posterior mean, log-variance and KL per cell."""
@@ -400,16 +404,14 @@ def make_encoder(
 ) -> nn.Module:
     """An encoder of the given kind: :class:`MLP`, :class:`VariationalEncoder` or :class:`ResidualMLP`.
 
-    ``sparse_input`` (mostly sparse CSR minibatches) sets the first layer's weight layout of an :class:`MLP` encoder;
-    the other kinds keep the default layout (same values, a weight copy per sparse step).
+    ``sparse_input`` (mostly sparse CSR minibatches) makes the encoder's first layer a :class:`SparseInputLinear`
+    (same initial values, weight stored transposed for the sparse product), whatever the kind.
     """
     classes = {"mlp": MLP, "variational": VariationalEncoder, "residual": ResidualMLP}
     if kind not in classes:
         raise ValueError(f"encoder must be one of {list(ENCODERS)}, got {kind!r}.")
     args = (n_input, n_output, n_hidden, n_layers, dropout_rate, use_batch_norm, norm)
-    if kind == "mlp":
-        return MLP(*args, sparse_input=sparse_input)
-    return classes[kind](*args)
+    return classes[kind](*args, sparse_input=sparse_input)
 
 
 class ModalityFusion(nn.Module):
