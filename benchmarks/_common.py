@@ -192,6 +192,11 @@ def traced_peak(enabled: bool = True) -> Iterator[TracedPeak]:
 # ---------------------------------------------------------------------------------------------------------------------
 # summaries
 # ---------------------------------------------------------------------------------------------------------------------
+def rmse(y: np.ndarray, p: np.ndarray) -> float:
+    """Root mean squared error over all entries (the OpenProblems ``predict_modality`` definition), in float64."""
+    return float(np.sqrt(np.mean((np.asarray(y, dtype=np.float64) - p) ** 2)))
+
+
 def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (``ddof=1``; NaN for fewer than 2 values), ignoring NaN values."""
     arr = np.asarray([v for v in values if v is not None], dtype=float)

@@ -62,6 +62,7 @@ from _common import (
     package_versions,
     print_table,
     quiet,
+    rmse,
     set_threads,
     timer,
     use_local_data,
@@ -134,11 +135,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def clr(counts: np.ndarray) -> np.ndarray:
     """Per-cell centred log-ratio of counts as in the OpenProblems ADT ``X``: ``log1p(c / exp(mean(log1p(c))))``."""
     return np.log1p(counts / np.exp(np.log1p(counts).mean(1, keepdims=True)))
-
-
-def rmse(y: np.ndarray, p: np.ndarray) -> float:
-    """Root mean squared error over all entries."""
-    return float(np.sqrt(np.mean((np.asarray(y, dtype=np.float64) - p) ** 2)))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

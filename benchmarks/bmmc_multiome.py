@@ -433,13 +433,18 @@ def prediction_rows(results: dict[str, Any], key: str, columns: dict[str, str]) 
     return [{"method": name, **{h: m[c] for h, c in columns.items()}} for name, m in methods.items()]
 
 
+def adapted_unsupervised(results: dict[str, Any]) -> dict[str, Any] | None:
+    """Results of the unsupervised model adapted to the s1d2 cells (``None`` when it was not run)."""
+    return results.get("unitednet_unsupervised_adapted", {}).get("adapt")
+
+
 def clustering_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per clustering of the test cells."""
     rows = []
     uns = results.get("unitednet_unsupervised")
     if uns is not None:
         rows.append({"method": "unitednet unsupervised (group heads)", **_cluster_cols(uns["clustering"], None)})
-    adapted = results.get("unitednet_unsupervised_adapted", {}).get("adapt")
+    adapted = adapted_unsupervised(results)
     if adapted is not None:
         rows.append(
             {"method": "unitednet unsupervised adapted (group heads)", **_cluster_cols(adapted["clustering"], None)}
@@ -493,7 +498,7 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
     for task in ("unsupervised", "translation"):
         if f"unitednet_{task}" in results:
             ari[f"unitednet {task} latent, leiden_k"] = results[f"unitednet_{task}"]["leiden_latent_k"]["ari"]
-    adapted = results.get("unitednet_unsupervised_adapted", {}).get("adapt")
+    adapted = adapted_unsupervised(results)
     if adapted is not None:
         ari["unitednet unsupervised adapted latent, leiden_k"] = adapted["leiden_latent_k"]["ari"]
     rows += verdict_rows("ARI", ari, {k: v["ari"] for k, v in base["clustering"].items()}, main=True)

@@ -33,6 +33,7 @@ from _common import (
     package_versions,
     print_table,
     quiet,
+    rmse,
     set_threads,
     use_local_data,
     write_json,
@@ -41,8 +42,13 @@ from _common import (
 NAME = "cite_seeds"
 
 
-def run(seed: int, epochs: int, precision: str = "32", task: str = "supervised") -> dict[str, Any]:
-    """Train one model with ``seed`` and score it on the s1d2 cells (``prediction``: its RNA -> ADT prediction)."""
+def run(
+    seed: int, epochs: int, precision: str = "32", task: str = "supervised"
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Train one model with ``seed`` and score it on the s1d2 cells.
+
+    Returns the row of figures, the model's RNA -> ADT prediction of the s1d2 cells and their observed ADT.
+    """
     import scvi
 
     import unitednet as un
@@ -66,20 +72,15 @@ def run(seed: int, epochs: int, precision: str = "32", task: str = "supervised")
     if labels_key is not None:
         accuracy = float((model.predict_labels(test) == test.obs["cell_type"].astype(str).to_numpy()).mean())
     pred = model.predict_modality(test, source="rna", target="adt")
-    return {
+    truth = test.mod["adt"].X.toarray()
+    row = {
         "seed": seed,
         "accuracy": accuracy,
-        "rmse": rmse(pred, test.mod["adt"].X.toarray()),
+        "rmse": rmse(truth, pred),
         "validation_loss": float(model.history["validation_loss"].min().iloc[0]),
         "best_epoch": model.best_epoch_,
-        "prediction": pred,
-        "truth": test.mod["adt"].X.toarray(),
     }
-
-
-def rmse(pred: np.ndarray, truth: np.ndarray) -> float:
-    """RMSE over all entries (the OpenProblems ``predict_modality`` definition)."""
-    return float(np.sqrt(np.mean((np.asarray(pred, dtype=np.float64) - truth) ** 2)))
+    return row, pred, truth
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -97,13 +98,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import unitednet as un
 
     quiet()
-    rows = [run(seed, args.max_epochs, args.precision, args.task) for seed in args.seeds]
-    predictions = [r.pop("prediction") for r in rows]
-    truth = rows[0].pop("truth")
-    for r in rows[1:]:
-        r.pop("truth")
+    runs = [run(seed, args.max_epochs, args.precision, args.task) for seed in args.seeds]
+    rows, predictions, truth = [r[0] for r in runs], [r[1] for r in runs], runs[0][2]  # the same cells every seed
     averaged = [
-        {"seeds averaged": n, "rmse of the mean prediction": rmse(np.mean(predictions[:n], axis=0), truth)}
+        {"seeds averaged": n, "rmse of the mean prediction": rmse(truth, np.mean(predictions[:n], axis=0))}
         for n in range(2, len(rows) + 1)
     ]
     summary = {}
