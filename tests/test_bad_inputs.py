@@ -724,6 +724,38 @@ def query_nan(ctx):
     refuses(ValueError, "Query modality 'rna' contains 1 NaN or infinite", ctx.trained.predict_labels, query)
 
 
+@case(
+    "Query",
+    "an ensemble (`tl.predict_modality([m1, m2, ...])`) whose models predict other target features, or that are "
+    "registered on different MuData objects with no `mdata` given",
+    "`ValueError` naming the model at fault, or asking for `mdata=...`",
+)
+def ensemble_mismatch(ctx):
+    model = ctx.trained
+    reordered = ctx.make_mudata()
+    reordered.mod["atac"] = reordered.mod["atac"][:, ::-1].copy()
+    reordered.update()
+    other = ctx.fit(reordered)
+    refuses(
+        ValueError,
+        "Model 1 of the ensemble predicts other 'atac' features",
+        unitednet.tl.predict_modality,
+        [model, other],
+        model.adata,
+        source="rna",
+        target="atac",
+    )
+    elsewhere = ctx.fit(ctx.make_mudata())
+    refuses(
+        ValueError,
+        "registered on different MuData objects; pass the MuData",
+        unitednet.tl.predict_modality,
+        [model, elsewhere],
+        source="rna",
+        target="atac",
+    )
+
+
 # =====================================================================================================================
 # save / load
 # =====================================================================================================================
