@@ -167,6 +167,7 @@ def test_predict_perturbation_writer(pert_model, reuse_model, snapshot, assert_u
         "target": "STIM",
         "modality": "rna",
         "mode": "neighbours",
+        "n_models": 1,
     }
     # in place, another key, the control profiles of the stimulated cells, decoded
     assert unitednet.tl.predict_perturbation(model, target="CTRL", key_added="back", mode="decode") is None
@@ -176,6 +177,59 @@ def test_predict_perturbation_writer(pert_model, reuse_model, snapshot, assert_u
     unitednet.tl.predict_perturbation(model, modality="atac", key_added="atac_stim")
     atac = mdata.mod["atac"].layers["atac_stim"]
     assert atac.shape == (mdata.n_obs, 32) and atac.min() >= 0 and atac.max() <= 1
+
+
+def _another(model, seed: int, mdata=None):
+    """A second perturbation model trained like ``model`` with another seed (on ``mdata``, registered anew)."""
+    import scvi
+    from tests.conftest import MODEL_KWARGS, TRAIN_KWARGS
+
+    previous = scvi.settings.seed
+    scvi.settings.seed = seed
+    try:
+        if mdata is not None:
+            UnitedNetPerturbationModel.setup_mudata(
+                mdata, perturbation_key="condition", control_category="CTRL", labels_key="cell_type"
+            )
+        other = UnitedNetPerturbationModel(model.adata if mdata is None else mdata, **MODEL_KWARGS)
+        other.train(**TRAIN_KWARGS)
+    finally:
+        scvi.settings.seed = previous
+    return other
+
+
+def test_predict_perturbation_ensemble(pert_model, reuse_model):
+    model = reuse_model(pert_model)
+    mdata = model.adata
+    other = _another(model, seed=1)
+    for m, key in ((model, "first"), (other, "second")):
+        unitednet.tl.predict_perturbation(m, key_added=key)
+    first, second = mdata.mod["rna"].layers["first"], mdata.mod["rna"].layers["second"]
+    ctrl = (mdata.obs["condition"] == "CTRL").to_numpy()
+    assert np.abs(first[ctrl] - second[ctrl]).max() > 1e-3  # two seeds predict differently
+    unitednet.tl.predict_perturbation([model, other], key_added="mean")
+    np.testing.assert_allclose(
+        mdata.mod["rna"].layers["mean"], (first.astype(np.float64) + second) / 2, rtol=1e-6, atol=1e-6
+    )
+    assert mdata.uns["unitednet"]["perturbation"]["mean"] == {
+        "target": "STIM",
+        "modality": "rna",
+        "mode": "neighbours",
+        "n_models": 2,
+    }
+
+
+def test_predict_perturbation_ensemble_of_other_perturbations(pert_model, reuse_model, snapshot, assert_unchanged):
+    model = reuse_model(pert_model)
+    renamed = model.adata.copy()
+    renamed.obs["condition"] = renamed.obs["condition"].cat.rename_categories({"STIM": "IFN"})
+    other = _another(model, seed=0, mdata=renamed)
+    before = snapshot(model.adata)
+    with pytest.raises(ValueError, match=r"Model 1 of the ensemble is registered with other perturbations"):
+        unitednet.tl.predict_perturbation([model, other], model.adata)
+    with pytest.raises(TypeError, match="has no perturbation parts"):
+        unitednet.tl.predict_perturbation([model, object()])
+    assert_unchanged(model.adata, before)
 
 
 def test_predict_perturbation_writer_errors(pert_model, reuse_model, make_query):

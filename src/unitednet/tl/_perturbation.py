@@ -15,7 +15,7 @@ from scipy.spatial.distance import cdist
 
 from unitednet._constants import PERTURBATION_KEYS
 
-from ._writers import _target, _uns
+from ._writers import _as_models, _check_ensemble, _mean, _target, _uns
 
 if TYPE_CHECKING:
     from unitednet.model import UnitedNetPerturbationModel
@@ -29,7 +29,7 @@ def _check_perturbation_model(model) -> None:
 
 
 def predict_perturbation(
-    model: UnitedNetPerturbationModel,
+    model: UnitedNetPerturbationModel | Sequence[UnitedNetPerturbationModel],
     mdata: MuData | None = None,
     *,
     target: str | None = None,
@@ -50,9 +50,13 @@ def predict_perturbation(
     Parameters
     ----------
     model
-        Trained :class:`~unitednet.model.UnitedNetPerturbationModel`.
+        Trained :class:`~unitednet.model.UnitedNetPerturbationModel`, or a sequence of them (an ensemble, e.g.
+        trained with different ``scvi.settings.seed``): the profiles are then the mean of the models' predictions.
+        The models must share the perturbation column and categories and the features of ``modality``. On Kang
+        IFN-beta, five seeds raise the top-100-DEG R² from 0.822 to 0.855 (``benchmarks/README.md``).
     mdata
-        MuData to annotate; the registered one by default.
+        MuData to annotate; the registered one by default (for an ensemble, the MuData all its models are
+        registered on).
     target
         Perturbation to predict; by default the only non-control category.
     source
@@ -74,12 +78,26 @@ def predict_perturbation(
     The copy when ``copy=True``, else ``None``. Writes:
 
     - ``mdata.mod[modality].layers[key_added]``: dense cells x features, predicted profiles under ``target``;
-    - ``mdata.uns["unitednet"]["perturbation"][key_added]``: ``{"target", "modality", "mode"}``.
+    - ``mdata.uns["unitednet"]["perturbation"][key_added]``: ``{"target", "modality", "mode", "n_models"}``
+      (``n_models``: the number of models averaged).
     """
-    _check_perturbation_model(model)
-    out = _target(model, mdata, copy)
-    query = None if out is model.adata else out
+    models = _as_models(model)
+    for m in models:
+        _check_perturbation_model(m)
+    model = models[0]
     modality = model.modalities[0] if modality is None else modality
+    _check_ensemble(models, mdata, modality)
+    for i, m in enumerate(models[1:], start=1):
+        if (m.perturbation_key, list(m.perturbation_categories)) != (
+            model.perturbation_key,
+            list(model.perturbation_categories),
+        ):
+            raise ValueError(
+                f"Model {i} of the ensemble is registered with other perturbations ({m.perturbation_key!r}: "
+                f"{list(m.perturbation_categories)}) than model 0 ({model.perturbation_key!r}: "
+                f"{list(model.perturbation_categories)}); an ensemble averages models of the same perturbations."
+            )
+    out = _target(model, mdata, copy)
     if modality not in out.mod:
         raise KeyError(f"The MuData has no modality {modality!r} to write into; it has {list(out.mod)}.")
     if target is None:
@@ -101,22 +119,25 @@ def predict_perturbation(
     names = model.var_names(modality)
     result = np.zeros((out.n_obs, len(names)), dtype=np.float32)
     for category, idx in groups.items():
-        pred = model.predict_perturbation(
-            query,
-            source=category,
-            target=target,
-            indices=idx,
-            modality=modality,
-            mode=mode,
-            batch_size=batch_size,
-        )
-        result[idx] = pred.X
+        preds = [
+            m.predict_perturbation(
+                None if out is m.adata else out,
+                source=category,
+                target=target,
+                indices=idx,
+                modality=modality,
+                mode=mode,
+                batch_size=batch_size,
+            ).X
+            for m in models
+        ]
+        result[idx] = _mean(preds)
     if not adata.var_names.equals(names):
         result = pd.DataFrame(result, columns=names).reindex(columns=adata.var_names).to_numpy()
     key_added = key_added or f"{PERTURBATION_KEYS.PREDICTED_PREFIX}{target}"
     adata.layers[key_added] = result
     record = _uns(out).setdefault(PERTURBATION_KEYS.UNS, {})
-    record[key_added] = {"target": str(target), "modality": modality, "mode": mode}
+    record[key_added] = {"target": str(target), "modality": modality, "mode": mode, "n_models": len(models)}
     return out if copy else None
 
 

@@ -185,7 +185,8 @@ def predict_modality(
     (all-zero sparse) and ``mdata.mod[target].uns["unitednet"]["predicted_only"] = True``, so the model never reads
     it as measured data.
     """
-    models = _ensemble(model, mdata, target)
+    models = _as_models(model)
+    _check_ensemble(models, mdata, target)
     model = models[0]
     if out is not None:
         path = _check_out(out, overwrite=overwrite, copy=copy, key_added=key_added)
@@ -213,29 +214,43 @@ def predict_modality(
     return out if copy else None
 
 
-def _ensemble(model, mdata: MuData | None, target: str) -> list[UnitedNetModel]:
-    """The models of ``tl.predict_modality`` as a list, after checking that they can be averaged."""
+def _as_models(model) -> list:
+    """A model or a sequence of models (an ensemble) as a non-empty list."""
     if not isinstance(model, Sequence):
         return [model]
     models = list(model)
     if not models:
         raise ValueError("model is an empty sequence; pass a trained model or a list of trained models.")
+    return models
+
+
+def _check_ensemble(models: Sequence[UnitedNetModel], mdata: MuData | None, modality: str) -> None:
+    """Refuse an ensemble whose predictions of ``modality`` cannot be averaged for ``mdata``."""
     for i, m in enumerate(models):
-        if target not in m.modalities:
-            raise KeyError(f"Model {i} of the ensemble has no modality {target!r}; registered: {m.modalities}.")
-    names = models[0].var_names(target)
+        if modality not in m.modalities:
+            raise KeyError(f"Model {i} of the ensemble has no modality {modality!r}; registered: {m.modalities}.")
+    names = models[0].var_names(modality)
     for i, m in enumerate(models[1:], start=1):
-        if not m.var_names(target).equals(names):
+        if not m.var_names(modality).equals(names):
             raise ValueError(
-                f"Model {i} of the ensemble predicts other {target!r} features than model 0 (names or order differ); "
-                "an ensemble averages models registered with the same features of the target."
+                f"Model {i} of the ensemble predicts other {modality!r} features than model 0 (names or order "
+                "differ); an ensemble averages models registered with the same features of the target."
             )
     if mdata is None and any(m.adata is not models[0].adata for m in models[1:]):
         raise ValueError(
             "The models of the ensemble are registered on different MuData objects; pass the MuData to predict "
             "as mdata=..."
         )
-    return models
+
+
+def _mean(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """Element-wise mean of equally shaped arrays (summed in float64), in the dtype of the first."""
+    if len(arrays) == 1:
+        return arrays[0]
+    total = arrays[0].astype(np.float64)
+    for a in arrays[1:]:
+        total += a
+    return (total / len(arrays)).astype(arrays[0].dtype)
 
 
 def _mean_blocks(
@@ -247,13 +262,7 @@ def _mean_blocks(
         for m in models
     ]
     for blocks in zip(*streams, strict=True):
-        if len(blocks) == 1:
-            yield blocks[0]
-            continue
-        total = blocks[0].astype(np.float64)
-        for block in blocks[1:]:
-            total += block
-        yield (total / len(blocks)).astype(blocks[0].dtype)
+        yield _mean(blocks)
 
 
 # what AnnData.write_h5ad puts on the root group and on a dense X (anndata's on-disk format)
