@@ -90,3 +90,12 @@ def test_ensemble_of_models_on_other_mudata_objects(model, make_mudata, fit, sna
         + elsewhere.predict_modality(model.adata, source="rna", target="atac")
     ) / 2
     np.testing.assert_allclose(model.adata.mod["atac"].layers["mixed"], expected, rtol=1e-6, atol=1e-7)
+
+
+def test_ensemble_member_without_the_target(model, make_mudata, fit):
+    with_adt = fit(make_mudata(n_adt=8), "supervised")
+    with pytest.raises(KeyError, match=r"Model 0 of the ensemble has no modality 'adt'; registered: \['rna', 'atac'\]"):
+        un.tl.predict_modality([model, with_adt], with_adt.adata, source="rna", target="adt")
+    # a single model keeps its own message
+    with pytest.raises(KeyError, match="Unknown target modality 'adt'"):
+        un.tl.predict_modality(model, source="rna", target="adt")

@@ -225,7 +225,9 @@ def _as_models(model) -> list:
 
 
 def _check_ensemble(models: Sequence[UnitedNetModel], mdata: MuData | None, modality: str) -> None:
-    """Refuse an ensemble whose predictions of ``modality`` cannot be averaged for ``mdata``."""
+    """Refuse an ensemble whose predictions of ``modality`` cannot be averaged for ``mdata`` (one model: its own checks)."""
+    if len(models) == 1:
+        return
     for i, m in enumerate(models):
         if modality not in m.modalities:
             raise KeyError(f"Model {i} of the ensemble has no modality {modality!r}; registered: {m.modalities}.")
