@@ -1,12 +1,14 @@
-"""Scanpy-style writers of unitednet.tl: latent, predict_groups, predict_modality, evaluate (keys, values, copies)."""
+"""Scanpy-style writers of unitednet.tl: latent, predict_groups, predict_modality (also of ensembles), evaluate."""
 
 import mudata as md
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from scipy import sparse
 
 import unitednet as un
+from unitednet.model import UnitedNetModel
 from unitednet.tl import classification_metrics, clustering_metrics, hungarian_accuracy
 
 GROUP_NAMES = ["alpha", "beta", "gamma"]
@@ -211,6 +213,94 @@ def test_predict_modality_follows_the_query_feature_order(supervised, mdata, mak
     np.testing.assert_allclose(
         query.mod["atac"].layers["unitednet_from_rna"], expected[list(reordered)].to_numpy(), rtol=1e-6
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# predict_modality with several models (an ensemble): their mean prediction
+# ---------------------------------------------------------------------------------------------------------------------
+ENSEMBLE_BATCH = 40  # 150 cells: three full batches and one of 30
+
+
+@pytest.fixture
+def other(supervised, tmp_path):
+    """A second model on the same MuData object whose decoders predict differently (weights shifted)."""
+    supervised.save(tmp_path / "m", overwrite=True)
+    twin = UnitedNetModel.load(tmp_path / "m", adata=supervised.adata)
+    with torch.no_grad():
+        for name in ("rna", "atac"):
+            for p in twin.module.decoders[name].parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    return twin
+
+
+@pytest.mark.parametrize(("source", "target"), [("atac", "rna"), ("rna", "atac")])
+def test_ensemble_writes_the_mean_prediction(supervised, other, source, target):
+    first = supervised.predict_modality(source=source, target=target)
+    second = other.predict_modality(source=source, target=target)
+    assert np.abs(first - second).max() > 1e-3  # the two models differ, so the mean is not either of them
+    x_before = supervised.adata.mod[target].X.copy()
+    assert un.tl.predict_modality([supervised, other], source=source, target=target, batch_size=ENSEMBLE_BATCH) is None
+    layer = supervised.adata.mod[target].layers[f"unitednet_from_{source}"]
+    assert layer.dtype == np.float32 and layer.shape == first.shape
+    np.testing.assert_allclose(layer, (first.astype(np.float64) + second) / 2, rtol=1e-6, atol=1e-7)
+    x_after = supervised.adata.mod[target].X  # measured data stays as it was
+    assert (x_after != x_before).nnz == 0 if sparse.issparse(x_before) else np.array_equal(x_after, x_before)
+
+
+def test_ensemble_of_one_is_the_model(supervised):
+    un.tl.predict_modality((supervised,), source="rna", target="atac", key_added="one")
+    np.testing.assert_array_equal(
+        supervised.adata.mod["atac"].layers["one"], supervised.predict_modality(source="rna", target="atac")
+    )
+
+
+def test_ensemble_streams_the_same_mean_to_a_file(supervised, other, tmp_path):
+    un.tl.predict_modality(
+        [supervised, other], source="atac", target="rna", key_added="mean", batch_size=ENSEMBLE_BATCH
+    )
+    path = tmp_path / "mean.h5ad"
+    result = un.tl.predict_modality(
+        [supervised, other], source="atac", target="rna", batch_size=ENSEMBLE_BATCH, out=path
+    )
+    try:
+        np.testing.assert_array_equal(result.X[:], supervised.adata.mod["rna"].layers["mean"])
+        assert result.obs_names.equals(supervised.adata.obs_names)
+        assert result.var_names.equals(supervised.var_names("rna"))
+    finally:
+        result.file.close()
+
+
+def test_ensemble_predicts_a_query(supervised, other, make_query):
+    query = make_query(supervised.adata, ("atac",))
+    un.tl.predict_modality([supervised, other], query, source="atac", target="rna")
+    first = supervised.predict_modality(query, source="atac", target="rna").astype(np.float64)
+    expected = (first + other.predict_modality(query, source="atac", target="rna")) / 2
+    np.testing.assert_allclose(query.mod["rna"].layers["unitednet_from_atac"], expected, rtol=1e-6, atol=1e-7)
+
+
+def test_ensemble_of_models_on_other_mudata_objects(supervised, make_mudata, fit, snapshot, assert_unchanged):
+    # refusals of mismatched ensembles are cases of tests/test_bad_inputs.py (ensemble_mismatch)
+    snap = snapshot(supervised.adata)
+    with pytest.raises(ValueError, match="empty sequence"):
+        un.tl.predict_modality([], source="rna", target="atac")
+    assert_unchanged(supervised.adata, snap)
+    # with the MuData given, a model registered on another MuData (same features) joins the ensemble
+    elsewhere = fit(make_mudata(), "supervised")
+    un.tl.predict_modality([supervised, elsewhere], supervised.adata, source="rna", target="atac", key_added="mixed")
+    expected = (
+        supervised.predict_modality(source="rna", target="atac").astype(np.float64)
+        + elsewhere.predict_modality(supervised.adata, source="rna", target="atac")
+    ) / 2
+    np.testing.assert_allclose(supervised.adata.mod["atac"].layers["mixed"], expected, rtol=1e-6, atol=1e-7)
+
+
+def test_ensemble_member_without_the_target(supervised, make_mudata, fit):
+    with_adt = fit(make_mudata(n_adt=8), "supervised")
+    with pytest.raises(KeyError, match=r"Model 0 of the ensemble has no modality 'adt'; registered: \['rna', 'atac'\]"):
+        un.tl.predict_modality([supervised, with_adt], with_adt.adata, source="rna", target="adt")
+    # a single model keeps its own message
+    with pytest.raises(KeyError, match="Unknown target modality 'adt'"):
+        un.tl.predict_modality(supervised, source="rna", target="adt")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
