@@ -40,6 +40,16 @@ CANDIDATES: dict[str, tuple[dict, dict]] = {
         {"n_heads": 5, "loss_weights": {"ddc": 3.0, "translation": 1.0}, "norm": PART_NORMS["decoder_batch_norm"]},
         {},
     ),
+    # the setting above with variational encoders (chosen for the BMMC multiome unsupervised model, 2026-12-07)
+    "heads5_ddc3_decoder_batch_norm_translation1_variational": (
+        {
+            "n_heads": 5,
+            "loss_weights": {"ddc": 3.0, "translation": 1.0},
+            "norm": PART_NORMS["decoder_batch_norm"],
+            "encoder": "variational",
+        },
+        {},
+    ),
 }
 
 
