@@ -231,13 +231,16 @@ def run_ensemble(task: str, setting: str, selected_model, mdata, test: np.ndarra
         with timer() as t:
             members.append(train_unitednet(task, SETTINGS[setting], private, "ensemble_split", VALIDATION_SIZE, seed))
         train_s.append(t.seconds)
-    observed_validation = dense(mdata.mod["adt"].X)[validation]
+    # RNA-only queries of the validation and test cells, and their observed ADT
+    parts = {
+        "validation": (make_query(mdata, validation, ("rna",)), dense(mdata.mod["adt"].X)[validation]),
+        "test": (make_query(mdata, test, ("rna",)), truth["adt"]),
+    }
     sizes = []
     for n in range(1, n_members + 1):
         scores = {}
-        for part, rows, observed in (("validation", validation, observed_validation), ("test", test, truth["adt"])):
-            query = make_query(mdata, rows, ("rna",))
-            un.tl.predict_modality(members[:n], query, source="rna", target="adt")
+        for part, (query, observed) in parts.items():
+            un.tl.predict_modality(members[:n], query, source="rna", target="adt")  # rewrites the same layer
             scores[part] = adt_metrics(observed, query.mod["adt"].layers["unitednet_from_rna"])
         sizes.append({"n": n, "validation_rmse": scores["validation"]["rmse"], "test": scores["test"]})
     chosen = min(sizes, key=lambda r: r["validation_rmse"])

@@ -442,7 +442,7 @@ def run_fold(full: md.MuData, cell_type: str, args: argparse.Namespace) -> tuple
                 "seconds": times[method],
             }
         )
-    rows[len(METHODS) - 1]["ident_acc"] = fold["identification"]["accuracy"]
+    next(r for r in rows if r["method"].split(" ")[0] == "unitednet")["ident_acc"] = fold["identification"]["accuracy"]
     return rows, fold
 
 
@@ -512,7 +512,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             }
         )
     ident = [folds[t]["identification"]["accuracy"] for t in types]
-    unitednet_row = summary[len(METHODS) - 1]
+    unitednet_row = next(s for s in summary if s["method"] == "unitednet")
     unitednet_row["ident_acc"] = float(np.mean(ident))
     print_table("Per held-out cell type (R²: coefficient of determination of per-gene means)", rows)
     print_table("Mean over held-out cell types", summary)
