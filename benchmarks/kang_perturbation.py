@@ -28,10 +28,12 @@ Protocol (one fold per cell type ``t`` of the 6):
   cell types: for each of the ``INNER_TYPES`` largest of them, one model per candidate is trained with that type's
   stimulated cells held out as well, and each (candidate, mode) is scored by R² on that type's top-100 DEGs; the pair
   with the best mean wins. ``--no-select`` uses the ``"default"`` candidate and ``"neighbours"``. The candidate list
-  (model defaults, supervised; ``perturbation_alignment`` weight 0; the translation task) and the modes were informed
-  by held-out scores: ``no_alignment`` and ``translation`` by ``kang_task_transfer.py`` and development runs on the B
-  and CD14 Mono folds, and ``mode="neighbours"`` was added to the model after a development run of it on all six
-  folds (seed 0) had scored above the other modes. The choice within the lists, per fold, never sees the held-out
+  (model defaults, supervised; ``perturbation_alignment`` weight 0; the translation task; variational encoders in
+  either task) and the modes were informed by held-out scores: ``no_alignment`` and ``translation`` by
+  ``kang_task_transfer.py`` and development runs on the B and CD14 Mono folds, and ``mode="neighbours"`` was added
+  to the model after a development run of it on all six folds (seed 0) had scored above the other modes. The two
+  variational candidates were added on 2026-12-07 before any Kang run with them, because variational encoders had
+  been chosen on training cells for the unsupervised latents of Patch-seq and the BMMC multiome starter. The choice within the lists, per fold, never sees the held-out
   type. The network settings are ``SETTING`` (model defaults, 60 epochs).
 
 - Ensemble (``--ensemble N``, declared on 2026-12-07 before its first run, with N = 5, the size that the BMMC CITE
@@ -42,7 +44,8 @@ Protocol (one fold per cell type ``t`` of the 6):
 
 Run from the repository root: ``python benchmarks/kang_perturbation.py`` (one process, one thread per process;
 ``--jobs 3`` runs three folds at a time; ``--inner-types 1`` selects on one inner type; ``--no-select`` skips the
-selection). One fold trains 1 + ``--inner-types`` x 3 UnitedNet models and one VAE, about 3 minutes of CPU.
+selection). One fold trains 1 + ``--inner-types`` x 5 UnitedNet models and one VAE, about 5 minutes of CPU
+(7 with ``--ensemble 5``).
 """
 
 from __future__ import annotations
@@ -90,6 +93,10 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "default": {"model": {}},
     "no_alignment": {"model": {"loss_weights": {"perturbation_alignment": 0.0}}},
     "translation": {"model": {}, "task": "translation"},
+    # added 2026-12-07 (third session) before any Kang run with them: variational encoders had been chosen on
+    # training cells for the unsupervised latents of Patch-seq and the BMMC multiome starter
+    "variational": {"model": {"encoder": "variational"}},
+    "translation_variational": {"model": {"encoder": "variational"}, "task": "translation"},
 }
 
 
