@@ -10,7 +10,10 @@ Protocol:
   ``published_translation_weight`` (translation loss weight 1, the published value; the default is 3),
   ``translation_weight_10``, ``no_adversarial`` (generator and discriminator weights 0) and ``no_contrastive``;
   on BMMC CITE also ``adt_nb`` (ADT raw counts, ``layers["counts"]``, under the negative binomial) and ``counts_nb``
-  (RNA and ADT raw counts, both negative binomial). Every other argument is the package default.
+  (RNA and ADT raw counts, both negative binomial); ``weight_decay_1e-4``, ``weight_decay_1e-3`` and
+  ``weight_decay_1e-2`` (``model.train(weight_decay=...)``, Adam's L2 penalty; the default is 0; added on 2026-12-07,
+  third session, before any run of them, because the spread between seeds on BMMC CITE pointed at the variance of
+  one network). Every other argument is the package default.
 - ``patchseq``: supervised cell types (``cell_type_TEM``, 27 MET types), the folds of ``patchseq_cv.py``
   (``StratifiedKFold(10, shuffle=True, random_state=0)``); per fold the model trains on the training fold with the
   validation split ``patchseq_cv.py`` uses (10 % of the training fold, stratified by label, split seed 0, passed as
@@ -87,6 +90,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_adversarial": {"loss_weights": {"generator": 0.0, "discriminator": 0.0}},
     "no_contrastive": {"loss_weights": {"contrastive": 0.0}},
 }
+# training-plan variants: keyword arguments of ``model.train``
+TRAIN_VARIANTS: dict[str, dict[str, Any]] = {
+    f"weight_decay_{value}": {"weight_decay": float(value)} for value in ("1e-4", "1e-3", "1e-2")
+}
 # likelihood variants (data sets with raw counts only): registered layers and likelihoods
 COUNT_VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "adt_nb": {"layers": {"adt": "counts"}, "likelihoods": {"rna": "gaussian", "adt": "nb"}},
@@ -156,7 +163,7 @@ def run_patchseq(mdata, variant: str, seed: int, fold: int, splits, max_epochs: 
     train_md.obs[PATCHSEQ_SPLIT_KEY] = split.astype(str)
     scvi.settings.seed = seed
     UnitedNetModel.setup_mudata(train_md, modalities=list(PATCHSEQ_MODALITIES), labels_key=PATCHSEQ_LABELS)
-    model = UnitedNetModel(train_md, **VARIANTS[variant])
+    model = UnitedNetModel(train_md, **VARIANTS.get(variant, {}))
     with timer() as t:
         model.train(
             "supervised",
@@ -164,6 +171,7 @@ def run_patchseq(mdata, variant: str, seed: int, fold: int, splits, max_epochs: 
             max_epochs=max_epochs,
             batch_size=PATCHSEQ_BATCH,
             enable_progress_bar=False,
+            **TRAIN_VARIANTS.get(variant, {}),
         )
     val = np.flatnonzero(np.asarray(model.split_) == "validation")
     predicted = model.predict_labels()
@@ -210,6 +218,7 @@ def run_cite(mdata, variant: str, seed: int, max_epochs: int, task: str = "trans
             max_epochs=max_epochs,
             batch_size=CITE_BATCH,
             enable_progress_bar=False,
+            **TRAIN_VARIANTS.get(variant, {}),
         )
     pred = model.predict_modality(source="rna", target="adt")
     if model.likelihoods["adt"] == "nb":
@@ -298,16 +307,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             StratifiedKFold(PATCHSEQ_FOLDS, shuffle=True, random_state=SPLIT_SEED).split(np.zeros(len(labels)), labels)
         )
         folds = args.folds if args.folds is not None else list(range(PATCHSEQ_FOLDS))
-        variants = args.variants or list(VARIANTS)
+        variants = args.variants or [*VARIANTS, *TRAIN_VARIANTS]
         max_epochs = args.max_epochs or PATCHSEQ_EPOCHS
         score, higher = "supervised accuracy on validation cells", True
     else:
         mdata = unitednet.datasets.bmmc_cite()
         folds = [None]
-        variants = args.variants or [*VARIANTS, *COUNT_VARIANTS]
+        variants = args.variants or [*VARIANTS, *TRAIN_VARIANTS, *COUNT_VARIANTS]
         max_epochs = args.max_epochs or CITE_EPOCHS
         score, higher = f"RNA -> ADT RMSE (ADT X units) on validation cells, task {args.cite_task}", False
-    unknown = sorted(set(variants) - set(VARIANTS) - set(COUNT_VARIANTS))
+    unknown = sorted(set(variants) - set(VARIANTS) - set(TRAIN_VARIANTS) - set(COUNT_VARIANTS))
     if unknown:
         raise SystemExit(f"Unknown variants {unknown}.")
     print(
@@ -341,7 +350,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "folds": folds,
         "max_epochs": max_epochs,
         "threads": threads,
-        "variants": {v: VARIANTS.get(v) or COUNT_VARIANTS.get(v) for v in variants},
+        "variants": {v: VARIANTS.get(v) or TRAIN_VARIANTS.get(v) or COUNT_VARIANTS.get(v) for v in variants},
         "runs": runs,
         "selected": selected,
         "machine": machine_info(),
