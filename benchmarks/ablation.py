@@ -7,6 +7,8 @@ Protocol:
   (``loss_weighting``), ``variational`` and ``residual`` (``encoder``), ``layer_norm`` and ``no_norm`` (``norm``),
   ``decoder_batch_norm``, ``no_encoder_norm`` and ``no_head_norm`` (batch normalisation in the decoders only, in
   decoders and heads, in encoders and decoders: ``norm`` as a mapping over the parts);
+  ``decoder_batch_norm_variational`` (the former with variational encoders; added on 2026-12-07, fourth session,
+  before any run of it, as a candidate that might keep the Patch-seq SHAP markers and the validation scores);
   ``published_translation_weight`` (translation loss weight 1, the published value; the default is 3),
   ``translation_weight_10``, ``no_adversarial`` (generator and discriminator weights 0) and ``no_contrastive``;
   on BMMC CITE also ``adt_nb`` (ADT raw counts, ``layers["counts"]``, under the negative binomial) and ``counts_nb``
@@ -84,6 +86,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_norm": {"norm": "none"},
     # batch normalisation in some parts of the network only (the SHAP-marker conflict of batch normalisation)
     **{name: {"norm": norm} for name, norm in PART_NORMS.items()},
+    "decoder_batch_norm_variational": {"norm": PART_NORMS["decoder_batch_norm"], "encoder": "variational"},
     # loss weights of the translation objective (defaults: translation 3, generator/discriminator 0.1, contrastive 1)
     "published_translation_weight": {"loss_weights": {"translation": 1.0}},
     "translation_weight_10": {"loss_weights": {"translation": 10.0}},

@@ -11,7 +11,8 @@ Protocol:
   defaults, batch normalisation in every hidden layer), run side by side because the marker ranks differ between them;
   and three with batch normalisation in some parts only (``norm`` as a mapping over ``encoders``, ``decoders`` and
   ``heads``): ``decoder_batch_norm`` (decoders only), ``no_encoder_norm`` (decoders and heads) and ``no_head_norm``
-  (encoders and decoders).
+  (encoders and decoders); ``variational`` (variational encoders, whose posterior mean is explained) and
+  ``decoder_batch_norm_variational`` (both changes; the two added on 2026-12-07, fourth session, before any run).
   Then
 
   * ``obs["major"]``: the major class, the part of ``cell_type_TEM`` before ``"-MET"`` (Sst, Pvalb, Vip, Lamp5,
@@ -97,6 +98,9 @@ MODEL_SETTINGS: dict[str, dict[str, Any]] = {
     "default": {},
     # batch normalisation in some parts of the network only (issue 15: the SHAP-marker conflict)
     **{name: {"norm": norm} for name, norm in PART_NORMS.items()},
+    # variational encoders (the posterior mean is explained), alone and with batch normalisation in the decoders only
+    "variational": {"encoder": "variational"},
+    "decoder_batch_norm_variational": {"norm": PART_NORMS["decoder_batch_norm"], "encoder": "variational"},
 }
 ACCEPTANCE_MODEL = "no_batch_norm"
 TOP_N = 10
