@@ -9,6 +9,7 @@ import torch
 
 from unitednet.__main__ import main
 from unitednet.model import UnitedNetModel
+from unitednet.nn import ResidualMLP, VariationalEncoder
 
 
 @pytest.fixture
@@ -123,6 +124,22 @@ def test_fit_with_batch_norm_in_the_decoders_only(tiny_h5mu, tmp_path):
     assert has_batch_norm(model.module.decoders)
     assert not has_batch_norm(model.module.encoders)
     assert not has_batch_norm(model.module.heads)
+
+
+@pytest.mark.parametrize("kind", ["variational", "residual"])
+def test_fit_with_another_encoder(tiny_h5mu, tmp_path, kind):
+    out = tmp_path / "out"
+    _fit(tiny_h5mu, out, "--encoder", kind)
+    model = UnitedNetModel.load(str(out / "model"), md.read_h5mu(out / "annotated.h5mu"))
+    assert model.module.encoder_kind == kind
+    expected = {"variational": VariationalEncoder, "residual": ResidualMLP}[kind]
+    assert all(isinstance(encoder, expected) for encoder in model.module.encoders.values())
+
+
+def test_fit_rejects_an_unknown_encoder(tiny_h5mu, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", str(tiny_h5mu), "--encoder", "transformer"])
+    assert "invalid choice: 'transformer'" in capsys.readouterr().err
 
 
 def test_fit_with_one_norm_for_every_part(tiny_h5mu, tmp_path):

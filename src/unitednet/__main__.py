@@ -154,6 +154,13 @@ def _parser() -> argparse.ArgumentParser:
         "Patch-seq markers in the SHAP top 10 than the default; see benchmarks/README.md)",
     )
     fit.add_argument(
+        "--encoder",
+        choices=["mlp", "variational", "residual"],
+        default="mlp",
+        help="encoder kind: deterministic MLP (default), variational (Gaussian posterior with a KL term; its mean at "
+        "inference) or residual MLP blocks",
+    )
+    fit.add_argument(
         "--loss-weight",
         type=_loss_weight,
         action="append",
@@ -243,6 +250,7 @@ def fit(args: argparse.Namespace) -> dict:
         "n_heads": args.n_heads,
         "use_batch_norm": args.batch_norm,
         "norm": norm,
+        "encoder": args.encoder,
         "loss_weights": dict(args.loss_weight) or None,
     }
     if args.task == "unsupervised":
