@@ -492,13 +492,13 @@ def feature_relevance(
     sampled cells :math:`S_G`.
 
     **The model explained.** The relevance describes what the trained network reads, which need not be every feature
-    that separates the groups in the data. On Patch-seq, a model trained with batch normalisation in its hidden layers
-    (``use_batch_norm=True``, the default) ranks the ``Sst`` gene far from the top for the Sst class, although it is
-    one of the class's two most different genes; the same training with ``use_batch_norm=False`` ranks the class
-    markers in the top 10 more often (22 of 24 seed-class pairs over six seeds, against 17 for the default;
-    ``benchmarks/explain.py``, ``tutorials/explain_patchseq.ipynb``). The decoders are not on
-    the explained path: batch normalisation in the decoders only (``norm={"encoders": "none", "decoders": "batch",
-    "heads": "none"}``) kept the markers in the top 10 as often as no normalisation (``benchmarks/README.md``).
+    that separates the groups in the data. On Patch-seq, a model trained with batch normalisation in every hidden
+    layer (``norm="batch"``, the default) often ranks the ``Sst`` and ``Vip`` genes far from the top for their
+    classes, although each is one of its class's two most different genes. The decoders are not on the explained
+    path, and the same training with batch normalisation in the decoders only (``norm={"encoders": "none",
+    "decoders": "batch", "heads": "none"}``, the setting of ``tutorials/explain_patchseq.ipynb``) or with none at all
+    (``use_batch_norm=False``) keeps the class markers in the top 10 far more often: 22 of 24 seed-class pairs over six
+    seeds for each, against 14 for the default (``benchmarks/explain.py``, ``benchmarks/README.md``).
 
     Parameters
     ----------
