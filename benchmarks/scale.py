@@ -602,6 +602,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": NAME,
         "protocol": __doc__,
         "settings": {k: getattr(args, k) for k in settings} | {"scvi_max_cells": args.scvi_max_cells},
+        # glibc allocator settings of the run (they change how often freed batch buffers are faulted in again)
+        "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
         "attainable_flops_per_s": rates,
         "files": files,
         "runs": runs,
