@@ -111,6 +111,8 @@ def _positive_number(text: str) -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from unitednet.nn._base import ENCODERS
+
     parser = argparse.ArgumentParser(prog="unitednet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser(
@@ -155,7 +157,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--encoder",
-        choices=["mlp", "variational", "residual"],
+        choices=list(ENCODERS),
         default="mlp",
         help="encoder kind: deterministic MLP (default), variational (Gaussian posterior with a KL term; its mean at "
         "inference) or residual MLP blocks",
