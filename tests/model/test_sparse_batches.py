@@ -11,7 +11,7 @@ from unitednet._constants import REGISTRY_KEYS, modality_key
 from unitednet.model import UnitedNetModel
 from unitednet.module import UnitedNetModule
 from unitednet.module._losses import reconstruction_error
-from unitednet.nn import MLP
+from unitednet.nn import MLP, _base
 from unitednet.nn._base import is_sparse_batch, sparse_transpose
 from unitednet.train import UnitedNetTrainingPlan
 from unitednet.train._data import RegisteredCellLoader, rows_tensor, sparse_rows_tensor
@@ -33,8 +33,11 @@ def test_sparse_transpose(binary):
     torch.testing.assert_close(xt.to_dense(), binary.T)
 
 
+@pytest.mark.parametrize("columnwise", [True, False], ids=["scipy-columnwise", "torch-csr"])
 @pytest.mark.parametrize("standardise", [False, True])
-def test_sparse_first_layer_equals_dense(binary, standardise):
+def test_sparse_first_layer_equals_dense(binary, standardise, columnwise, monkeypatch):
+    # the CPU path reads the input column by column through scipy; the torch CSR product is the path of other devices
+    monkeypatch.setattr(_base, "_columnwise", lambda x: columnwise)
     torch.manual_seed(0)
     mlp = MLP(9, 3, n_hidden=5, n_layers=1, dropout_rate=0.0)
     loc = torch.linspace(-1, 1, 9) if standardise else None
