@@ -34,8 +34,9 @@ Protocol (declared before any test-band figure was computed):
   the choice. Since the labels outside the band were read to choose, the unsupervised scores are also given on the
   band's cells alone (the clustering of all cells, scored on the band), for every method.
 
-Run from the repository root: ``python benchmarks/osmfish.py`` (about half an hour on one shared thread with three
-seeds; ``--seeds 0`` for one). Writes ``benchmarks/results/osmfish.json`` and ``benchmarks/results/osmfish_band.png``.
+Run from the repository root: ``python benchmarks/osmfish.py`` (about 40 minutes on one shared thread with three
+seeds, 20 without the choice of the unsupervised setting, ``--unsupervised-candidates default``; ``--seeds 0`` for
+one). Writes ``benchmarks/results/osmfish.json`` and ``benchmarks/results/osmfish_band.png``.
 """
 
 from __future__ import annotations
