@@ -168,25 +168,24 @@ class _SparseLinear(torch.autograd.Function):
         # the parameters' precision and the next layers cast its output
         with torch.autocast(x.device.type, enabled=False):
             weight_t = weight_t.float()
-            if _columnwise(x):
-                xt = sparse_transpose(x)
-                out = _columnwise_product(xt, weight_t)
+            ctx.transposed = _columnwise(x)
+            if ctx.transposed:
+                saved = sparse_transpose(x)
+                out = _columnwise_product(saved, weight_t)
             else:
-                xt = None
+                saved = x
                 out = torch.sparse.mm(x, weight_t)
-            ctx.save_for_backward(x if xt is None else xt)
-            ctx.transposed = xt is not None
+            ctx.save_for_backward(saved)
             return out if bias is None else out.add_(bias.float())
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (x,) = ctx.saved_tensors
-        xt = x if ctx.transposed else None
+        (saved,) = ctx.saved_tensors  # x.T on the column-wise path, else x
         grad_weight_t = grad_bias = None
         grad = grad.float()
         if ctx.needs_input_grad[1]:
-            with torch.autocast(x.device.type, enabled=False):
-                xt = sparse_transpose(x) if xt is None else xt
+            with torch.autocast(saved.device.type, enabled=False):
+                xt = saved if ctx.transposed else sparse_transpose(saved)
                 # beta=0: the uninitialised output is only written (torch.sparse.mm would zero it, then copy)
                 out = grad.new_empty(xt.shape[0], grad.shape[1])
                 grad_weight_t = torch.addmm(out, xt, grad, beta=0, out=out)
