@@ -31,7 +31,9 @@ Protocol:
   kernel ridge (alpha and gamma by 5-fold CV on training cells) on a 50-component ``TruncatedSVD`` of the source
   (fit on training cells), and the training mean; clustering of the test cells by Leiden on a 15-NN graph of that
   PCA and on muon's WNN graph of per-modality PCAs (fit on training cells), at the resolution giving as many
-  clusters as training cell types (19) and at resolution 1.
+  clusters as training cell types (19) and at resolution 1; and Leiden on each modality's own PCA (the same
+  per-modality PCAs that WNN reads; added on 2026-12-07, sixth session: RNA alone is the usual scanpy workflow, and
+  ATAC alone shows what the peaks carry to the unseen batch).
 - scvi-tools peers (``_peers.py``; raw RNA ``layers["counts"]`` and binary ATAC ``X``, scvi-tools defaults, seed
   0), merged into the baseline tables and verdicts: MultiVI predicting the test cells' accessibility from their RNA,
   the test cells in training with their ATAC held out (all-zero rows, which MultiVI reads as expression-only cells;
@@ -370,6 +372,11 @@ def run_baselines(X: dict[str, np.ndarray], labels, train, test, seen, n_groups:
         graph = wnn_graph(reps, seed=SEED)
         out["clustering"].update(leiden_runs(graph, n_groups, truth, seed=SEED, prefix="leiden_wnn"))
     out["timing_s"]["leiden_wnn"] = t.seconds
+    for m, rep in reps.items():  # one modality alone: what each carries to the unseen batch
+        with timer() as t:
+            graph, _ = knn_graph(rep, seed=SEED)
+            out["clustering"].update(leiden_runs(graph, n_groups, truth, seed=SEED, prefix=f"leiden_pca_{m}"))
+        out["timing_s"][f"leiden_pca_{m}"] = t.seconds
     return out
 
 
