@@ -88,8 +88,9 @@ class UnitedNetModel(BaseModelClass):
     use_batch_norm
         Batch normalisation in hidden layers. For a model whose SHAP relevance (:func:`unitednet.tl.feature_relevance`)
         is the point, consider ``False``: on Patch-seq, a model trained with it ranked the major classes' marker
-        genes in the top 10 of 1,252 genes in 22 of 24 seed-class pairs (six seeds), against 17 with batch
-        normalisation, where ``Sst`` often ranks beyond 10th (at similar accuracy; ``benchmarks/explain.py``).
+        genes in the top 10 of 1,252 genes in 22 of 24 seed-class pairs (six seeds), against 14 with batch
+        normalisation, where ``Sst`` and ``Vip`` often rank beyond 10th (at similar accuracy;
+        ``benchmarks/explain.py``).
         Batch normalisation in the decoders only (``norm={"encoders": "none", "decoders": "batch", "heads":
         "none"}``) kept the markers as often (22/24), with Patch-seq validation accuracy like the default's, at a
         slightly (translation) to clearly (supervised) higher BMMC CITE RNA -> ADT validation RMSE than the default
