@@ -15,7 +15,10 @@ Protocol (the issue's acceptance protocol):
   * unsupervised: registered *without* labels, ``n_groups=27``, ``task="unsupervised"``, with
     ``UNSUPERVISED_KWARGS`` (5 group heads, DDC weight 3, the published translation weight 1, batch normalisation in
     the decoders only, variational encoders: chosen by ``patchseq_select_unsupervised.py`` on the training cells of
-    folds 0 and 1); test-fold groups scored by Hungarian-matched accuracy, ARI and NMI.
+    folds 0 and 1); test-fold groups scored by Hungarian-matched accuracy, ARI and NMI. Two read-outs: the group
+    heads (``predict_labels``), and k-means (27 clusters, ``n_init=10``, ``random_state=0``) fit on the fused latent
+    of the training fold's cells and applied to the test fold's latent (``latent_kmeans``, added on 2026-12-07,
+    sixth session); ``patchseq_select_unsupervised.py`` says which read-out scores the training cells better.
   * supervised: registered with ``labels_key="cell_type_TEM"``, ``task="supervised"``; test accuracy, balanced
     accuracy and macro F1. Its validation split is the one ``model.train`` draws by default (stratified by label,
     seed 0), built here with the package's own ``stratified_split`` and passed as ``split_key`` because
@@ -271,6 +274,9 @@ def run_unitednet(task: str, train_md, test_md, args, test_z, stats) -> dict[str
     }
     if task == "supervised":
         result["classification"] = classification_metrics(truth, labels)
+    else:  # the fused latent clustered by k-means fit on the training fold's cells (as the kmeans_train baseline)
+        kmeans = KMeans(n_clusters=N_GROUPS, n_init=10, random_state=SEED).fit(model.get_latent_representation())
+        result["latent_kmeans"] = clustering_metrics(truth, kmeans.predict(model.get_latent_representation(test_md)))
     return result
 
 
@@ -398,6 +404,7 @@ def fold_rows(folds: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "uns_acc": uns["clustering"]["accuracy"],
                 "uns_ari": uns["clustering"]["ari"],
                 "uns_nmi": uns["clustering"]["nmi"],
+                "uns_latent_km_ari": uns["latent_kmeans"]["ari"],
                 "km_acc": f["kmeans"]["accuracy"],
                 "km_ari": f["kmeans"]["ari"],
                 "km_nmi": f["kmeans"]["nmi"],
@@ -433,6 +440,7 @@ def summary_rows(folds: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for label, path in (
         ("unitednet unsupervised", ("unitednet_unsupervised", "clustering")),
+        ("unitednet unsupervised latent, k-means fit on train", ("unitednet_unsupervised", "latent_kmeans")),
         ("unitednet supervised (groups as clusters)", ("unitednet_supervised", "clustering")),
         ("k-means on test-fold PCA", ("kmeans",)),
         ("k-means fit on train, predict test", ("kmeans_train",)),
@@ -558,13 +566,19 @@ def verdicts(summary: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     )
     rows += verdict_rows(
         "unsupervised ARI",
-        {"unitednet unsupervised": mean("unitednet_unsupervised.clustering.ari")},
+        {
+            "unitednet unsupervised": mean("unitednet_unsupervised.clustering.ari"),
+            "unitednet unsupervised latent k-means": mean("unitednet_unsupervised.latent_kmeans.ari"),
+        },
         {name: mean(f"{name}.ari") for name in ("kmeans", "kmeans_train", "leiden_k", "leiden_res1")},
         main=True,
     )
     rows += verdict_rows(
         "unsupervised NMI",
-        {"unitednet unsupervised": mean("unitednet_unsupervised.clustering.nmi")},
+        {
+            "unitednet unsupervised": mean("unitednet_unsupervised.clustering.nmi"),
+            "unitednet unsupervised latent k-means": mean("unitednet_unsupervised.latent_kmeans.nmi"),
+        },
         {name: mean(f"{name}.nmi") for name in ("kmeans", "kmeans_train", "leiden_k", "leiden_res1")},
     )
     for source, target in PAIRS:
