@@ -19,7 +19,13 @@ Protocol:
   the default latent; the random forest that wins on BMMC CITE reads 50 SVD components), added on 2026-12-07, sixth
   session, before any run of them, with the rule that a size becomes the default only if, on validation cells, the
   mean paired change of the CITE RNA -> ADT RMSE (seeds 0-5) is below zero in both tasks and Patch-seq validation
-  accuracy (ten folds) is better on at least as many folds as worse. Every other argument is the package default.
+  accuracy (ten folds) is better on at least as many folds as worse.
+  On BMMC CITE also ``rna_svd50`` (added on 2026-12-07, seventh session, before any run of it): the RNA modality
+  replaced by the 50-component ``TruncatedSVD`` of RNA ``X`` fit on the s1d1 cells, the random forest's input in
+  ``bmmc_cite.py`` (a gaussian modality of 50 features instead of 1,000 genes, so the encoder has 20x fewer weights
+  to fit on 311 cells), with the rule that ``bmmc_cite.py`` adopts it as its data setting only if the mean paired
+  change of the RNA -> ADT validation RMSE (seeds 0-5) is below zero in translation and in the supervised task.
+  Every other argument is the package default.
 - ``patchseq``: supervised cell types (``cell_type_TEM``, 27 MET types), the folds of ``patchseq_cv.py``
   (``StratifiedKFold(10, shuffle=True, random_state=0)``); per fold the model trains on the training fold with the
   validation split ``patchseq_cv.py`` uses (10 % of the training fold, stratified by label, split seed 0, passed as
@@ -34,6 +40,30 @@ Protocol:
   ``--cite-task supervised`` registers the ``cell_type`` labels and trains ``task="supervised"`` instead (group heads
   present, so the ``heads`` part of ``norm`` matters; same split and score). In translation there are no heads and
   ``norm`` mappings that differ only in ``heads`` train the same model.
+- ``bmmc_multiome`` (added on 2026-12-07, seventh session, before any run of it): ``task="unsupervised"`` as
+  ``bmmc_select_unsupervised.py`` trains it: on the s1d1 cells only (a copy without the s1d2 cells), 10 % of them
+  drawn for validation, ``n_groups`` = the 19 s1d1 cell types, 200 epochs, minibatches of 128, gaussian RNA and
+  bernoulli ATAC. Selection score (in the ``validation`` column): the mean of the two Leiden ARIs (K = 19 and
+  resolution 1, 15-neighbour graph of the fused latent) of the s1d1 cells, which is that script's score on training
+  cells. Printed next to it and never used to choose: the same on the s1d2 cells' inductive latent (``make_query``,
+  their labels read for the score only), the scoreboard's measure.
+- ``osmfish`` (added with ``bmmc_multiome``): ``task="unsupervised"`` on RNA + niche as ``osmfish.py``'s selection of
+  its unsupervised setting trains it: on the 3,915 cells outside the test band only (the niche's number of neighbours
+  chosen as that script chooses it, on validation cells outside the band), ``n_groups=11``, 60 epochs. Selection
+  score: the ARI of Leiden (11 clusters) on those cells' latent against ``Region``. Printed, never used to choose:
+  the ARI on the band's 924 cells of Leiden on the latent of all 4,839 cells (the band's cells inductively; the
+  model never trains on them).
+- ``kang`` (added with ``bmmc_multiome``): ``kang_perturbation.py``'s default candidate (supervised, 60 epochs,
+  ``mode="neighbours"``, the mode its inner selection chose on every fold), one model per cell type ``t`` trained
+  with the stimulated cells of ``t`` held out (on ``t``'s highly variable genes, as that script). Selection score:
+  the mean top-100-DEG R² of the predicted stimulated profile of the two largest cell types (CD14 Mono,
+  CD4 Naive T: the types the script's inner selection reads on most folds). Printed, never used to choose: the mean
+  over the other four types.
+- On ``bmmc_multiome``, ``osmfish`` and ``kang`` the default variant list is ``SMALL_VARIANTS`` (baseline, the two
+  loss weightings, the two other encoders, the norms). Rule, declared before their first run: a variant replaces a
+  package default only if its mean paired change is in its favour on at least four of the five data sets (BMMC CITE
+  counting as one, in favour only if in both tasks) and no data set selects ``baseline`` over it by more than the
+  baseline's sd.
 - Seeds: ``scvi.settings.seed`` (model initialisation and minibatch order) takes each value of ``--seeds``. The
   Patch-seq splits do not change with it; on BMMC CITE ``model.train`` draws the validation cells with it, so they
   differ between seeds and are the same for every variant at a given seed (compare variants seed by seed). Scores
@@ -48,11 +78,12 @@ Protocol:
   On BMMC CITE that sd mostly measures which validation cells a seed draws, so a variant better on every seed can
   stay unselected: the paired columns show it. A package default is decided across the data sets, from both.
 
-Not covered yet (issue 15 asks for them): the BMMC multiome starter, osmFISH and Kang, the SHAP marker ranks of each
-variant, and the variants' combinations.
+Not covered here: the SHAP marker ranks of each variant (``explain.py`` measures them per setting), and most of the
+variants' combinations.
 
 Run from the repository root, e.g. ``python benchmarks/ablation.py --dataset bmmc_cite --seeds 0`` or
-``python benchmarks/ablation.py --dataset patchseq --folds 0 1 --seeds 0``.
+``python benchmarks/ablation.py --dataset patchseq --folds 0 1 --seeds 0``; ``--dataset bmmc_multiome`` takes about
+1 minute per model, ``osmfish`` 2-3 minutes, ``kang`` 2 minutes per seed (six models).
 """
 
 from __future__ import annotations
@@ -79,7 +110,7 @@ from _common import (
 )
 
 NAME = "ablation"
-DATASETS = ("patchseq", "bmmc_cite")
+DATASETS = ("patchseq", "bmmc_cite", "bmmc_multiome", "osmfish", "kang")
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline": {},
     "uncertainty": {"loss_weighting": "uncertainty"},
@@ -109,6 +140,19 @@ COUNT_VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "adt_nb": {"layers": {"adt": "counts"}, "likelihoods": {"rna": "gaussian", "adt": "nb"}},
     "counts_nb": {"layers": {"rna": "counts", "adt": "counts"}, "likelihoods": {"rna": "nb", "adt": "nb"}},
 }
+# input variants (BMMC CITE): the RNA modality replaced by a representation fit on the training batch
+INPUT_VARIANTS: dict[str, dict[str, Any]] = {"rna_svd50": {"rna_svd_components": 50}}
+# the default variants on bmmc_multiome, osmfish and kang (each model there takes one to three minutes)
+SMALL_VARIANTS = (
+    "baseline",
+    "uncertainty",
+    "gradnorm",
+    "variational",
+    "residual",
+    "layer_norm",
+    "no_norm",
+    "decoder_batch_norm",
+)
 SPLIT_SEED = 0
 
 # Patch-seq, as patchseq_cv.py
@@ -128,6 +172,14 @@ CITE_LABELS = "cell_type"  # registered with --cite-task supervised only
 CITE_EPOCHS = 200
 CITE_BATCH = 128
 CITE_VALIDATION = 0.1
+
+# BMMC multiome, as bmmc_select_unsupervised.py (training) and bmmc_multiome.py (the s1d2 score)
+MULTIOME_LIKELIHOODS = {"rna": "gaussian", "atac": "bernoulli"}
+MULTIOME_EPOCHS = 200
+
+# osmFISH and Kang: the settings of osmfish.py and kang_perturbation.py (imported from them)
+KANG_VALIDATION_TYPES = 2
+KANG_MODE = "neighbours"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -210,6 +262,8 @@ def run_cite(mdata, variant: str, seed: int, max_epochs: int, task: str = "trans
     from unitednet import UnitedNetModel
 
     setup = COUNT_VARIANTS.get(variant, {"likelihoods": {"rna": "gaussian", "adt": "gaussian"}})
+    if variant in INPUT_VARIANTS:
+        mdata = rna_svd_mdata(mdata, INPUT_VARIANTS[variant]["rna_svd_components"])
     scvi.settings.seed = seed
     UnitedNetModel.setup_mudata(
         mdata,
@@ -243,6 +297,163 @@ def run_cite(mdata, variant: str, seed: int, max_epochs: int, task: str = "trans
         "best_epoch": model.best_epoch_,
         **validation_terms(model),
     }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# BMMC multiome, osmFISH, Kang
+# ---------------------------------------------------------------------------------------------------------------------
+def run_multiome(full, variant: str, seed: int, max_epochs: int) -> dict[str, Any]:
+    """Train one unsupervised model on the s1d1 cells; Leiden ARIs of its latent on s1d1 (score) and on s1d2."""
+    import scvi
+    from _baselines import knn_graph, leiden_runs, make_query
+
+    from unitednet import UnitedNetModel
+
+    s1d1 = full.obs["split"].astype(str).to_numpy() == "train"
+    mdata = full[s1d1].copy()
+    labels = mdata.obs["cell_type"].astype(str).to_numpy()
+    n_groups = len(set(labels))
+    UnitedNetModel.setup_mudata(
+        mdata, modalities=list(MULTIOME_LIKELIHOODS), likelihoods=MULTIOME_LIKELIHOODS, batch_key="batch"
+    )
+    scvi.settings.seed = seed
+    model = UnitedNetModel(mdata, n_groups=n_groups, **VARIANTS.get(variant, {}))
+    with timer() as t:
+        model.train(
+            "unsupervised",
+            split_key="split",
+            validation_size=0.1,
+            max_epochs=max_epochs,
+            batch_size=CITE_BATCH,
+            enable_progress_bar=False,
+            **TRAIN_VARIANTS.get(variant, {}),
+        )
+
+    def score(latent: np.ndarray, truth: np.ndarray) -> tuple[float, dict[str, float]]:
+        runs = leiden_runs(knn_graph(latent, seed=0)[0], n_groups, truth, seed=0, prefix="leiden")
+        aris = {"ari_k": runs["leiden_k"]["ari"], "ari_res1": runs["leiden_res1"]["ari"]}
+        return float(np.mean(list(aris.values()))), aris
+
+    validation, val_aris = score(model.get_latent_representation(), labels)
+    test_rows = np.flatnonzero(~s1d1)
+    query = make_query(full, test_rows, list(MULTIOME_LIKELIHOODS))
+    test, test_aris = score(model.get_latent_representation(query), full.obs["cell_type"].astype(str).to_numpy()[~s1d1])
+    return {
+        "validation": validation,
+        "test": test,
+        "validation_aris": val_aris,
+        "test_aris": test_aris,
+        "train_s": t.seconds,
+        "best_epoch": model.best_epoch_,
+        **validation_terms(model),
+    }
+
+
+def load_osmfish():
+    """osmFISH as ``osmfish.py`` prepares it: its split, the band mask and the niche with the chosen neighbours."""
+    import osmfish
+
+    mdata = osmfish.load()
+    split, band = osmfish.make_split(mdata)
+    y = mdata.obs[osmfish.LABELS_KEY].astype(str).to_numpy()
+    accuracy = {}
+    for k in osmfish.K_CANDIDATES:
+        osmfish.add_niche(mdata, k)
+        scores = osmfish.classifier_scores(
+            "logreg", osmfish.features(mdata, True), y, split == "train", split == "validation"
+        )
+        accuracy[k] = scores["accuracy"]
+    best_k = max(accuracy, key=lambda k: (accuracy[k], -k))
+    osmfish.add_niche(mdata, best_k)
+    print(f"osmFISH: niche with k = {best_k} (validation accuracy of logistic regression {accuracy[best_k]:.3f})")
+    return mdata, band
+
+
+def run_osmfish(mdata, band: np.ndarray, variant: str, seed: int, max_epochs: int) -> dict[str, Any]:
+    """Train one unsupervised RNA + niche model outside the band; Leiden ARI outside (score) and on the band."""
+    import osmfish
+    import scvi
+    from _baselines import make_query
+    from sklearn.metrics import adjusted_rand_score
+
+    from unitednet import UnitedNetModel
+
+    modalities = ("rna", "niche")
+    data = osmfish.sub_mudata(mdata[~band].copy(), modalities)
+    scvi.settings.seed = seed
+    UnitedNetModel.setup_mudata(data, modalities=list(modalities))
+    model = UnitedNetModel(data, n_groups=osmfish.N_REGIONS, **VARIANTS.get(variant, {}))
+    with timer() as t:
+        model.train(
+            "unsupervised",
+            train_size=1 - osmfish.VALIDATION_SIZE,
+            max_epochs=max_epochs,
+            batch_size=osmfish.BATCH_SIZE,
+            enable_progress_bar=False,
+            **TRAIN_VARIANTS.get(variant, {}),
+        )
+    y = mdata.obs[osmfish.LABELS_KEY].astype(str).to_numpy()
+    outside, _, _ = osmfish.leiden_k(model.get_latent_representation(), osmfish.N_REGIONS, seed=0)
+    query = make_query(mdata, np.arange(mdata.n_obs), modalities)
+    every, _, _ = osmfish.leiden_k(model.get_latent_representation(query), osmfish.N_REGIONS, seed=0)
+    return {
+        "validation": float(adjusted_rand_score(y[~band], outside)),
+        "test": float(adjusted_rand_score(y[band], every[band])),
+        "train_s": t.seconds,
+        "best_epoch": model.best_epoch_,
+        **validation_terms(model),
+    }
+
+
+def run_kang(full, folds: dict[str, Any], variant: str, seed: int, max_epochs: int) -> dict[str, Any]:
+    """One perturbation model per held-out cell type; top-100-DEG R² of the validation types (score) and the rest."""
+    import kang_perturbation as kang
+
+    types = list(full.obs[kang.CELL_TYPE].value_counts().index)
+    setting = {
+        "model": VARIANTS.get(variant, {}),
+        "train": {"max_epochs": max_epochs, **TRAIN_VARIANTS.get(variant, {})},
+    }
+    r2, seconds, epochs = {}, 0.0, []
+    for cell_type in types:
+        if cell_type not in folds:  # the fold's genes depend on the held-out cells only: computed once
+            held = kang.held_out_mask(full, cell_type)
+            folds[cell_type] = (held, kang.fold_data(full, held))
+        held, mdata = folds[cell_type]
+        with timer() as t:
+            model = kang.train_unitednet(mdata.copy(), held, setting, seed=seed)
+        seconds += t.seconds
+        epochs.append(model.best_epoch_)
+        predicted = kang.unitednet_predict(model, mdata, cell_type, KANG_MODE)
+        r2[cell_type] = float(kang.score(mdata, cell_type, predicted)["r2_top100"])
+    validation_types, test_types = types[:KANG_VALIDATION_TYPES], types[KANG_VALIDATION_TYPES:]
+    return {
+        "validation": float(np.mean([r2[t] for t in validation_types])),
+        "test": float(np.mean([r2[t] for t in test_types])),
+        "r2_top100": r2,
+        "train_s": seconds,
+        "best_epoch": epochs,
+    }
+
+
+def rna_svd_mdata(mdata, n_components: int):
+    """A copy of the BMMC CITE MuData whose ``"rna"`` is the truncated SVD of RNA ``X`` fit on the s1d1 cells."""
+    import anndata as ad
+    import mudata as md
+    from sklearn.decomposition import TruncatedSVD
+
+    rna = mdata.mod["rna"]
+    fit = np.asarray(mdata.obs[CITE_BATCH_KEY] == "s1d1")
+    svd = TruncatedSVD(n_components=n_components, random_state=SPLIT_SEED).fit(rna.X[fit])
+    reduced = ad.AnnData(
+        X=svd.transform(rna.X).astype(np.float32),
+        obs=rna.obs.copy(),
+        var={"component": np.arange(n_components)},
+    )
+    reduced.var_names = [f"rna_svd{i + 1}" for i in range(n_components)]
+    out = md.MuData({"rna": reduced, "adt": mdata.mod["adt"].copy()})
+    out.obs = mdata.obs.copy()
+    return out
 
 
 def validation_terms(model) -> dict[str, float]:
@@ -320,15 +531,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         variants = args.variants or [*VARIANTS, *TRAIN_VARIANTS]
         max_epochs = args.max_epochs or PATCHSEQ_EPOCHS
         score, higher = "supervised accuracy on validation cells", True
-    else:
+    elif args.dataset == "bmmc_cite":
         mdata = unitednet.datasets.bmmc_cite()
         folds = [None]
-        variants = args.variants or [*VARIANTS, *TRAIN_VARIANTS, *COUNT_VARIANTS]
+        variants = args.variants or [*VARIANTS, *TRAIN_VARIANTS, *COUNT_VARIANTS, *INPUT_VARIANTS]
         max_epochs = args.max_epochs or CITE_EPOCHS
         score, higher = f"RNA -> ADT RMSE (ADT X units) on validation cells, task {args.cite_task}", False
-    unknown = sorted(set(variants) - set(VARIANTS) - set(TRAIN_VARIANTS) - set(COUNT_VARIANTS))
+    elif args.dataset == "bmmc_multiome":
+        mdata = unitednet.datasets.bmmc_multiome()
+        folds = [None]
+        variants = args.variants or list(SMALL_VARIANTS)
+        max_epochs = args.max_epochs or MULTIOME_EPOCHS
+        score, higher = "Leiden ARI of the s1d1 cells' latent (mean of K = 19 and resolution 1)", True
+    elif args.dataset == "osmfish":
+        import osmfish
+
+        mdata, band = load_osmfish()
+        folds = [None]
+        variants = args.variants or list(SMALL_VARIANTS)
+        max_epochs = args.max_epochs or osmfish.MAX_EPOCHS
+        score, higher = "Leiden ARI of the RNA + niche latent outside the band", True
+    else:
+        import kang_perturbation as kang
+
+        mdata = kang.load_kang()
+        kang_folds: dict[str, Any] = {}
+        folds = [None]
+        variants = args.variants or list(SMALL_VARIANTS)
+        max_epochs = args.max_epochs or kang.SETTING["train"]["max_epochs"]
+        score, higher = "top-100-DEG R² of the two largest held-out types (mode neighbours)", True
+    known = {*VARIANTS, *TRAIN_VARIANTS, *COUNT_VARIANTS, *INPUT_VARIANTS}
+    unknown = sorted(set(variants) - known)
     if unknown:
         raise SystemExit(f"Unknown variants {unknown}.")
+    cite_only = sorted(set(variants) & {*COUNT_VARIANTS, *INPUT_VARIANTS})
+    if cite_only and args.dataset != "bmmc_cite":
+        raise SystemExit(f"Variants {cite_only} change the BMMC CITE data and run on --dataset bmmc_cite only.")
     print(
         f"{args.dataset}: variants {variants}, seeds {args.seeds}, folds {folds}, {max_epochs} epochs; data {data_dir}"
     )
@@ -339,8 +577,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for fold in folds:
                 if args.dataset == "patchseq":
                     result = run_patchseq(mdata, variant, seed, fold, splits, max_epochs)
-                else:
+                elif args.dataset == "bmmc_cite":
                     result = run_cite(mdata, variant, seed, max_epochs, args.cite_task)
+                elif args.dataset == "bmmc_multiome":
+                    result = run_multiome(mdata, variant, seed, max_epochs)
+                elif args.dataset == "osmfish":
+                    result = run_osmfish(mdata, band, variant, seed, max_epochs)
+                else:
+                    result = run_kang(mdata, kang_folds, variant, seed, max_epochs)
                 result.update(seed=seed, fold=fold)
                 runs[variant].append(result)
                 print(
@@ -360,7 +604,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "folds": folds,
         "max_epochs": max_epochs,
         "threads": threads,
-        "variants": {v: VARIANTS.get(v) or TRAIN_VARIANTS.get(v) or COUNT_VARIANTS.get(v) for v in variants},
+        "variants": {
+            v: VARIANTS.get(v) or TRAIN_VARIANTS.get(v) or COUNT_VARIANTS.get(v) or INPUT_VARIANTS.get(v)
+            for v in variants
+        },
         "runs": runs,
         "selected": selected,
         "machine": machine_info(),

@@ -9,6 +9,14 @@ at resolution 1, against their cell types (ARI); the s1d2 cells are never read. 
 concatenated, standardised modalities of the same cells is printed as a reference. The candidate with the highest
 mean of the two ARIs over the seeds is reported as the choice.
 
+Second selection (declared on 2026-12-07, seventh session, before its run): ``ablation.py --dataset bmmc_multiome``
+scored the package's variants with this script's training and score on seeds 0-2, and batch normalisation in the
+decoders only came out highest there (its s1d1 score 0.374 against 0.335 for variational encoders), whereas the
+first selection above (seeds 0 and 1) had chosen variational encoders (0.353 against 0.343). That run also printed
+the s1d2 figures, which prompted this check. Rule: ``--candidates variational decoder_batch_norm --seeds 0 1 2 3 4
+5``; the candidate with the higher mean score over the six seeds becomes ``bmmc_multiome.py``'s unsupervised
+setting; seeds 3-5 had not been run for either candidate.
+
 Run from the repository root: ``python benchmarks/bmmc_select_unsupervised.py`` (about 1 minute per candidate and
 seed on one thread).
 """
