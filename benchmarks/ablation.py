@@ -83,7 +83,7 @@ variants' combinations.
 
 Run from the repository root, e.g. ``python benchmarks/ablation.py --dataset bmmc_cite --seeds 0`` or
 ``python benchmarks/ablation.py --dataset patchseq --folds 0 1 --seeds 0``; ``--dataset bmmc_multiome`` takes about
-1 minute per model, ``osmfish`` 2-3 minutes, ``kang`` 2 minutes per seed (six models).
+1 minute per model, ``osmfish`` 2-3 minutes, ``kang`` 2.5-4.5 minutes per seed (six models).
 """
 
 from __future__ import annotations
