@@ -173,11 +173,8 @@ CITE_EPOCHS = 200
 CITE_BATCH = 128
 CITE_VALIDATION = 0.1
 
-# BMMC multiome, as bmmc_select_unsupervised.py (training) and bmmc_multiome.py (the s1d2 score)
-MULTIOME_LIKELIHOODS = {"rna": "gaussian", "atac": "bernoulli"}
-MULTIOME_EPOCHS = 200
-
-# osmFISH and Kang: the settings of osmfish.py and kang_perturbation.py (imported from them)
+# BMMC multiome, osmFISH and Kang: the settings of bmmc_select_unsupervised.py, osmfish.py and kang_perturbation.py
+# (imported from them)
 KANG_VALIDATION_TYPES = 2
 KANG_MODE = "neighbours"
 
@@ -304,46 +301,25 @@ def run_cite(mdata, variant: str, seed: int, max_epochs: int, task: str = "trans
 # ---------------------------------------------------------------------------------------------------------------------
 def run_multiome(full, variant: str, seed: int, max_epochs: int) -> dict[str, Any]:
     """Train one unsupervised model on the s1d1 cells; Leiden ARIs of its latent on s1d1 (score) and on s1d2."""
-    import scvi
-    from _baselines import knn_graph, leiden_runs, make_query
-
-    from unitednet import UnitedNetModel
+    from _baselines import make_query
+    from bmmc_select_unsupervised import LIKELIHOODS, latent_aris, train
 
     s1d1 = full.obs["split"].astype(str).to_numpy() == "train"
     mdata = full[s1d1].copy()
-    labels = mdata.obs["cell_type"].astype(str).to_numpy()
-    n_groups = len(set(labels))
-    UnitedNetModel.setup_mudata(
-        mdata, modalities=list(MULTIOME_LIKELIHOODS), likelihoods=MULTIOME_LIKELIHOODS, batch_key="batch"
-    )
-    scvi.settings.seed = seed
-    model = UnitedNetModel(mdata, n_groups=n_groups, **VARIANTS.get(variant, {}))
-    with timer() as t:
-        model.train(
-            "unsupervised",
-            split_key="split",
-            validation_size=0.1,
-            max_epochs=max_epochs,
-            batch_size=CITE_BATCH,
-            enable_progress_bar=False,
-            **TRAIN_VARIANTS.get(variant, {}),
-        )
-
-    def score(latent: np.ndarray, truth: np.ndarray) -> tuple[float, dict[str, float]]:
-        runs = leiden_runs(knn_graph(latent, seed=0)[0], n_groups, truth, seed=0, prefix="leiden")
-        aris = {"ari_k": runs["leiden_k"]["ari"], "ari_res1": runs["leiden_res1"]["ari"]}
-        return float(np.mean(list(aris.values()))), aris
-
-    validation, val_aris = score(model.get_latent_representation(), labels)
-    test_rows = np.flatnonzero(~s1d1)
-    query = make_query(full, test_rows, list(MULTIOME_LIKELIHOODS))
-    test, test_aris = score(model.get_latent_representation(query), full.obs["cell_type"].astype(str).to_numpy()[~s1d1])
+    labels = full.obs["cell_type"].astype(str).to_numpy()
+    n_groups = len(set(labels[s1d1]))
+    likelihoods = LIKELIHOODS["bmmc_multiome"]
+    model_kwargs, train_kwargs = VARIANTS.get(variant, {}), TRAIN_VARIANTS.get(variant, {})
+    model, seconds = train(mdata, seed, n_groups, likelihoods, model_kwargs, train_kwargs, max_epochs)
+    val_aris = latent_aris(model.get_latent_representation(), n_groups, labels[s1d1])
+    query = make_query(full, np.flatnonzero(~s1d1), list(likelihoods))
+    test_aris = latent_aris(model.get_latent_representation(query), n_groups, labels[~s1d1])
     return {
-        "validation": validation,
-        "test": test,
+        "validation": float(np.mean(list(val_aris.values()))),
+        "test": float(np.mean(list(test_aris.values()))),
         "validation_aris": val_aris,
         "test_aris": test_aris,
-        "train_s": t.seconds,
+        "train_s": seconds,
         "best_epoch": model.best_epoch_,
         **validation_terms(model),
     }
@@ -355,43 +331,23 @@ def load_osmfish():
 
     mdata = osmfish.load()
     split, band = osmfish.make_split(mdata)
-    y = mdata.obs[osmfish.LABELS_KEY].astype(str).to_numpy()
-    accuracy = {}
-    for k in osmfish.K_CANDIDATES:
-        osmfish.add_niche(mdata, k)
-        scores = osmfish.classifier_scores(
-            "logreg", osmfish.features(mdata, True), y, split == "train", split == "validation"
-        )
-        accuracy[k] = scores["accuracy"]
-    best_k = max(accuracy, key=lambda k: (accuracy[k], -k))
+    best_k, _ = osmfish.choose_niche_k(mdata, split)
     osmfish.add_niche(mdata, best_k)
-    print(f"osmFISH: niche with k = {best_k} (validation accuracy of logistic regression {accuracy[best_k]:.3f})")
+    print(f"osmFISH: niche with k = {best_k} (chosen on validation cells as osmfish.py chooses it)")
     return mdata, band
 
 
 def run_osmfish(mdata, band: np.ndarray, variant: str, seed: int, max_epochs: int) -> dict[str, Any]:
     """Train one unsupervised RNA + niche model outside the band; Leiden ARI outside (score) and on the band."""
     import osmfish
-    import scvi
     from _baselines import make_query
     from sklearn.metrics import adjusted_rand_score
 
-    from unitednet import UnitedNetModel
-
     modalities = ("rna", "niche")
-    data = osmfish.sub_mudata(mdata[~band].copy(), modalities)
-    scvi.settings.seed = seed
-    UnitedNetModel.setup_mudata(data, modalities=list(modalities))
-    model = UnitedNetModel(data, n_groups=osmfish.N_REGIONS, **VARIANTS.get(variant, {}))
-    with timer() as t:
-        model.train(
-            "unsupervised",
-            train_size=1 - osmfish.VALIDATION_SIZE,
-            max_epochs=max_epochs,
-            batch_size=osmfish.BATCH_SIZE,
-            enable_progress_bar=False,
-            **TRAIN_VARIANTS.get(variant, {}),
-        )
+    model_kwargs, train_kwargs = VARIANTS.get(variant, {}), TRAIN_VARIANTS.get(variant, {})
+    model, seconds = osmfish.train_unsupervised(
+        mdata[~band].copy(), modalities, seed, max_epochs, model_kwargs, train_kwargs
+    )
     y = mdata.obs[osmfish.LABELS_KEY].astype(str).to_numpy()
     outside, _, _ = osmfish.leiden_k(model.get_latent_representation(), osmfish.N_REGIONS, seed=0)
     query = make_query(mdata, np.arange(mdata.n_obs), modalities)
@@ -399,7 +355,7 @@ def run_osmfish(mdata, band: np.ndarray, variant: str, seed: int, max_epochs: in
     return {
         "validation": float(adjusted_rand_score(y[~band], outside)),
         "test": float(adjusted_rand_score(y[band], every[band])),
-        "train_s": t.seconds,
+        "train_s": seconds,
         "best_epoch": model.best_epoch_,
         **validation_terms(model),
     }
@@ -541,7 +497,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         mdata = unitednet.datasets.bmmc_multiome()
         folds = [None]
         variants = args.variants or list(SMALL_VARIANTS)
-        max_epochs = args.max_epochs or MULTIOME_EPOCHS
+        from bmmc_select_unsupervised import MAX_EPOCHS
+
+        max_epochs = args.max_epochs or MAX_EPOCHS
         score, higher = "Leiden ARI of the s1d1 cells' latent (mean of K = 19 and resolution 1)", True
     elif args.dataset == "osmfish":
         import osmfish

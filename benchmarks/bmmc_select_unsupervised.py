@@ -54,29 +54,46 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 }
 
 
-def run(name: str, mdata, seed: int, n_groups: int, labels: np.ndarray, likelihoods: dict[str, str]) -> dict[str, Any]:
-    """Train candidate ``name`` with ``seed`` on ``mdata`` (the s1d1 cells only); Leiden ARIs of their latent."""
+def train(
+    mdata,
+    seed: int,
+    n_groups: int,
+    likelihoods: dict[str, str],
+    model_kwargs: dict[str, Any],
+    train_kwargs: dict[str, Any] | None = None,
+    max_epochs: int = MAX_EPOCHS,
+):
+    """Register and train one unsupervised model on ``mdata`` (the s1d1 cells only); returns it and its seconds."""
     import scvi
 
     import unitednet as un
 
     un.UnitedNetModel.setup_mudata(mdata, modalities=list(likelihoods), likelihoods=likelihoods, batch_key="batch")
     scvi.settings.seed = seed
-    model = un.UnitedNetModel(mdata, n_groups=n_groups, **CANDIDATES[name])
+    model = un.UnitedNetModel(mdata, n_groups=n_groups, **model_kwargs)
     start = time.perf_counter()
     model.train(
         "unsupervised",
         split_key="split",
         validation_size=0.1,
-        max_epochs=MAX_EPOCHS,
+        max_epochs=max_epochs,
         batch_size=128,
         enable_progress_bar=False,
+        **(train_kwargs or {}),
     )
-    seconds = time.perf_counter() - start
-    runs = leiden_runs(
-        knn_graph(model.get_latent_representation(), seed=0)[0], n_groups, labels, seed=0, prefix="leiden"
-    )
-    return {"seed": seed, "ari_k": runs["leiden_k"]["ari"], "ari_res1": runs["leiden_res1"]["ari"], "train_s": seconds}
+    return model, time.perf_counter() - start
+
+
+def latent_aris(latent: np.ndarray, n_groups: int, labels: np.ndarray) -> dict[str, float]:
+    """ARIs of Leiden on a 15-neighbour graph of ``latent``: at K = ``n_groups`` and at resolution 1."""
+    runs = leiden_runs(knn_graph(latent, seed=0)[0], n_groups, labels, seed=0, prefix="leiden")
+    return {"ari_k": runs["leiden_k"]["ari"], "ari_res1": runs["leiden_res1"]["ari"]}
+
+
+def run(name: str, mdata, seed: int, n_groups: int, labels: np.ndarray, likelihoods: dict[str, str]) -> dict[str, Any]:
+    """Train candidate ``name`` with ``seed`` on ``mdata`` (the s1d1 cells only); Leiden ARIs of their latent."""
+    model, seconds = train(mdata, seed, n_groups, likelihoods, CANDIDATES[name])
+    return {"seed": seed, **latent_aris(model.get_latent_representation(), n_groups, labels), "train_s": seconds}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

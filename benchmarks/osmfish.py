@@ -157,6 +157,21 @@ def add_niche(mdata, k: int) -> float:
     return float(np.median(seconds))
 
 
+def choose_niche_k(mdata, split: np.ndarray) -> tuple[int, list[dict]]:
+    """The number of niche neighbours with the best validation accuracy of logistic regression on RNA + niche.
+
+    Leaves ``mdata["niche"]`` computed with the last candidate; returns the chosen ``k`` and one row per candidate.
+    """
+    y = mdata.obs[LABELS_KEY].astype(str).to_numpy()
+    rows = []
+    for k in K_CANDIDATES:
+        seconds = add_niche(mdata, k)
+        scores = classifier_scores("logreg", features(mdata, True), y, split == "train", split == "validation")
+        rows.append({"k": k, "niche_seconds": seconds, "validation_accuracy": scores["accuracy"]})
+    best = max(rows, key=lambda r: (r["validation_accuracy"], -r["k"]))["k"]
+    return best, rows
+
+
 def features(mdata, use_niche: bool) -> np.ndarray:
     rna = np.asarray(mdata["rna"].X, dtype=np.float64)
     return np.hstack([rna, np.asarray(mdata["niche"].X, dtype=np.float64)]) if use_niche else rna
@@ -268,6 +283,35 @@ def transfer(model, mdata, band: np.ndarray) -> dict:
     return out
 
 
+def train_unsupervised(
+    mdata,
+    modalities,
+    seed: int,
+    max_epochs: int,
+    model_kwargs: dict[str, Any],
+    train_kwargs: dict[str, Any] | None = None,
+):
+    """One unsupervised model on all cells of ``mdata`` (a sub-MuData of ``modalities``); returns it and its seconds."""
+    import scvi
+
+    import unitednet as un
+
+    data = sub_mudata(mdata, modalities)
+    scvi.settings.seed = seed
+    un.UnitedNetModel.setup_mudata(data, modalities=list(modalities))
+    model = un.UnitedNetModel(data, n_groups=N_REGIONS, **model_kwargs)
+    with timer() as t:
+        model.train(
+            "unsupervised",
+            train_size=1 - VALIDATION_SIZE,
+            max_epochs=max_epochs,
+            batch_size=BATCH_SIZE,
+            enable_progress_bar=False,
+            **(train_kwargs or {}),
+        )
+    return model, t.seconds
+
+
 def unsupervised_unitednet(
     mdata, modalities, seed: int, max_epochs: int, setting: str = "default", band: np.ndarray | None = None
 ) -> dict:
@@ -276,30 +320,16 @@ def unsupervised_unitednet(
     With ``band`` (a mask of ``mdata``'s cells) the scores on the band's cells alone are added (``band_heads``,
     ``band_leiden_on_latent``).
     """
-    import scvi
-
-    import unitednet as un
     from unitednet.tl import clustering_metrics
 
-    data = sub_mudata(mdata, modalities)
-    scvi.settings.seed = seed
-    un.UnitedNetModel.setup_mudata(data, modalities=list(modalities))
-    model = un.UnitedNetModel(data, n_groups=N_REGIONS, **UNSUPERVISED_CANDIDATES[setting])
-    with timer() as t:
-        model.train(
-            "unsupervised",
-            train_size=1 - VALIDATION_SIZE,
-            max_epochs=max_epochs,
-            batch_size=BATCH_SIZE,
-            enable_progress_bar=False,
-        )
-    y = data.obs[LABELS_KEY].astype(str).to_numpy()
+    model, seconds = train_unsupervised(mdata, modalities, seed, max_epochs, UNSUPERVISED_CANDIDATES[setting])
+    y = mdata.obs[LABELS_KEY].astype(str).to_numpy()
     pred = model.predict_labels()
     out = {
         "modalities": list(modalities),
         "setting": setting,
         "seed": seed,
-        "train_seconds": t.seconds,
+        "train_seconds": seconds,
         "best_epoch": int(model.best_epoch_),
         "n_groups_used": len(set(pred)),
         "heads": clustering_metrics(y, pred),
@@ -376,18 +406,13 @@ def main(argv: list[str] | None = None) -> dict:
     split, band = make_split(mdata)
     mdata.obs[SPLIT_KEY] = pd.Categorical(split, categories=["train", "validation", "test"])
     y = mdata.obs[LABELS_KEY].astype(str).to_numpy()
-    train, val = split == "train", split == "validation"
+    train = split == "train"
     counts = {s: int((split == s).sum()) for s in ("train", "validation", "test")}
     band_regions = mdata.obs[LABELS_KEY][band].value_counts()
     print(f"cells: {mdata.n_obs}; split {counts}; band regions: {int((band_regions > 0).sum())} of {N_REGIONS}")
 
     # ---- choose k on validation cells (logistic regression on RNA + niche)
-    k_rows = []
-    for k in K_CANDIDATES:
-        seconds = add_niche(mdata, k)
-        scores = classifier_scores("logreg", features(mdata, True), y, train, val)
-        k_rows.append({"k": k, "niche_seconds": seconds, "validation_accuracy": scores["accuracy"]})
-    best_k = max(k_rows, key=lambda r: (r["validation_accuracy"], -r["k"]))["k"]
+    best_k, k_rows = choose_niche_k(mdata, split)
     print_table("Number of niche neighbours (chosen on validation cells)", k_rows)
     niche_seconds = add_niche(mdata, best_k)
     print(f"chosen k = {best_k}; pp.niche on {mdata.n_obs} cells: {niche_seconds:.3f} s (median of 5 calls)")
