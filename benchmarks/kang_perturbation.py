@@ -47,8 +47,9 @@ Protocol (one fold per cell type ``t`` of the 6):
 
 Run from the repository root: ``python benchmarks/kang_perturbation.py`` (one process, one thread per process;
 ``--jobs 3`` runs three folds at a time; ``--inner-types 1`` selects on one inner type; ``--no-select`` skips the
-selection). One fold trains 1 + ``--inner-types`` x 7 UnitedNet models and one VAE, about 6 minutes of CPU
-(7 with ``--ensemble 5``).
+selection). One fold trains 1 + ``--inner-types`` x 7 UnitedNet models and one VAE (4 more models with
+``--ensemble 5``); the six folds took 52 minutes with ``--jobs 2 --ensemble 5`` on two cores shared with two other
+benchmarks.
 """
 
 from __future__ import annotations
