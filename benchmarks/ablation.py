@@ -518,8 +518,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         variants = args.variants or list(SMALL_VARIANTS)
         max_epochs = args.max_epochs or kang.SETTING["train"]["max_epochs"]
         score, higher = "top-100-DEG R² of the two largest held-out types (mode neighbours)", True
-    known = {*VARIANTS, *TRAIN_VARIANTS, *COUNT_VARIANTS, *INPUT_VARIANTS}
-    unknown = sorted(set(variants) - known)
+    variant_arguments = {**VARIANTS, **TRAIN_VARIANTS, **COUNT_VARIANTS, **INPUT_VARIANTS}
+    unknown = sorted(set(variants) - set(variant_arguments))
     if unknown:
         raise SystemExit(f"Unknown variants {unknown}.")
     cite_only = sorted(set(variants) & {*COUNT_VARIANTS, *INPUT_VARIANTS})
@@ -562,10 +562,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "folds": folds,
         "max_epochs": max_epochs,
         "threads": threads,
-        "variants": {
-            v: VARIANTS.get(v) or TRAIN_VARIANTS.get(v) or COUNT_VARIANTS.get(v) or INPUT_VARIANTS.get(v)
-            for v in variants
-        },
+        "variants": {v: variant_arguments[v] for v in variants},
         "runs": runs,
         "selected": selected,
         "machine": machine_info(),

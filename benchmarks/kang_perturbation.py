@@ -37,7 +37,8 @@ Protocol (one fold per cell type ``t`` of the 6):
   residual candidates (``encoder="residual"``, supervised and translation) were added on 2026-12-07 (eighth session)
   before any run of this script with them, because residual encoders were the only variant ahead of the default on
   the Kang validation types of ``ablation.py --dataset kang`` (which also prints, unused, a figure on the other four
-  types). The choice within the lists, per fold, never sees the held-out type. The network settings are ``SETTING`` (model defaults, 60 epochs).
+  types). The choice within the lists, per fold, never sees the held-out type. The network settings are
+  ``SETTING`` (model defaults, 60 epochs).
 
 - Ensemble (``--ensemble N``, declared on 2026-12-07 before its first run, with N = 5, the size that the BMMC CITE
   translation ensemble chose on validation cells): N - 1 more models of the chosen candidate, trained with seeds

@@ -576,8 +576,7 @@ def main(argv: list[str] | None = None) -> dict:
             for n, s in unsupervised.items()
             if n.startswith("Leiden")
         ]
-        has_heads = CANDIDATE_TASKS.get(setting, "unsupervised") == "unsupervised"
-        parts = (("heads", "group heads"),) if has_heads else ()
+        parts = (("heads", "group heads"),) if runs["rna+niche"][0]["heads"] is not None else ()
         parts += (("leiden_on_latent", "Leiden on its latent"),)
         for key, label in (("rna", "RNA"), ("rna+niche", "RNA + niche")):
             for part, what in parts:
