@@ -24,7 +24,9 @@ Protocol:
     ``"log_odds"`` (that against the other types' summed probability); background ``"group_means"`` (the mean of each
     predicted MET type's training cells) or ``"rest"`` (one reference per *other* major class: the mean of its
     training cells); DeepExplainer (``"deep"``) or expected gradients (``"gradient"``). The relevance of a gene for
-    a class is its mean absolute SHAP value over the class's sampled cells. Reported per class and option: the rank
+    a class is the mean of its SHAP values over the class's sampled cells (``aggregate="mean"``, signed, the default
+    since 2026-12-08) or of their absolute values (``"mean_abs"``, the default before); ``--aggregates`` runs the
+    default output, background and method with the summaries named as well. Reported per class and option: the rank
     (1 = most relevant) of the class's marker gene among the 1252 RNA features (Sst, Pvalb, Vip, Lamp5; Sncg as an
     extra), whether it is in the top 10, and (default) the top-10 genes.
   * per predicted MET type (``groupby=None``, timed) under the default and the previous default: each type explained
@@ -107,18 +109,19 @@ ACCEPTANCE_MODEL = "decoder_batch_norm"
 TOP_N = 10
 STABILITY_TOP_K = 20
 # feature_relevance options (output, background, method) compared by major class; the default always runs
-Variant = tuple[str, str, str]
-PREVIOUS_DEFAULT: Variant = ("logit", "group_means", "deep")
+Variant = tuple[str, str, str, str]  # output, background, method, aggregate
+PREVIOUS_DEFAULT: Variant = ("logit", "group_means", "deep", "mean_abs")
 COMPARED: tuple[Variant, ...] = (
-    ("logit", "group_means", "deep"),
-    ("log_proba", "group_means", "deep"),
-    ("log_odds", "group_means", "deep"),
-    ("logit", "rest", "deep"),
-    ("log_proba", "rest", "deep"),
-    ("log_odds", "rest", "deep"),
-    ("logit", "group_means", "gradient"),
-    ("log_odds", "rest", "gradient"),
+    ("logit", "group_means", "deep", "mean_abs"),
+    ("log_proba", "group_means", "deep", "mean_abs"),
+    ("log_odds", "group_means", "deep", "mean_abs"),
+    ("logit", "rest", "deep", "mean_abs"),
+    ("log_proba", "rest", "deep", "mean_abs"),
+    ("log_odds", "rest", "deep", "mean_abs"),
+    ("logit", "group_means", "gradient", "mean_abs"),
+    ("log_odds", "rest", "gradient", "mean_abs"),
 )
+AGGREGATES = ("mean_abs", "mean")
 
 BMMC_MODALITIES = ("rna", "atac")
 BMMC_LIKELIHOODS = {"rna": "gaussian", "atac": "bernoulli"}
@@ -156,6 +159,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="Patch-seq: also run the other feature_relevance options (output x background x method)",
+    )
+    parser.add_argument(
+        "--aggregates",
+        nargs="+",
+        choices=AGGREGATES,
+        default=[],
+        help="Patch-seq: also run the default output/background/method with these summaries of the SHAP values",
     )
     parser.add_argument("--out", type=Path, default=default_json_path(NAME), help="JSON output path")
     args = parser.parse_args(argv)
@@ -232,7 +242,7 @@ def major_of(label: str) -> str:
 # Patch-seq
 # ---------------------------------------------------------------------------------------------------------------------
 def variant_name(variant: Variant) -> str:
-    """``output/background/method``."""
+    """``output/background/method/aggregate``."""
     return "/".join(variant)
 
 
@@ -241,7 +251,12 @@ def default_variant() -> Variant:
     import unitednet as un
 
     params = inspect.signature(un.tl.feature_relevance).parameters
-    return (params["output"].default, params["background"].default, params["method"].default)
+    return (
+        params["output"].default,
+        params["background"].default,
+        params["method"].default,
+        params["aggregate"].default,
+    )
 
 
 def class_ranks(rel: pd.DataFrame) -> dict[str, dict[str, Any]]:
@@ -344,8 +359,8 @@ def patchseq_seed(seed: int, args, variants: list[Variant], fine_variants: list[
     fine_rel: dict[str, pd.DataFrame] = {}
     result["major"], result["fine"] = {}, {}
     for variant in variants:
-        output, background, method = variant
-        key = f"rel_{output}_{background}_{method}"
+        output, background, method, aggregate = variant
+        key = f"rel_{output}_{background}_{method}_{aggregate}"
         with timer() as t_major, rss_sampler() as mem_major:
             un.tl.feature_relevance(
                 model,
@@ -356,6 +371,7 @@ def patchseq_seed(seed: int, args, variants: list[Variant], fine_variants: list[
                 output=output,
                 background=background,
                 method=method,
+                aggregate=aggregate,
                 key_added=key,
             )
         rel = pd.DataFrame(mdata.mod["rna"].varm[key], index=rna_names)
@@ -379,6 +395,7 @@ def patchseq_seed(seed: int, args, variants: list[Variant], fine_variants: list[
                 output=output,
                 background=background,
                 method=method,
+                aggregate=aggregate,
                 key_added=key_fine,
             )
         rel_fine = pd.DataFrame(mdata.mod["rna"].varm[key_fine], index=rna_names)
@@ -408,6 +425,7 @@ def run_patchseq_model(args, setting: str) -> dict[str, Any]:
 
     default = default_variant()
     variants = [default] + [v for v in (COMPARED if args.compare else ()) if v != default]
+    variants += [(*default[:3], a) for a in args.aggregates if (*default[:3], a) not in variants]
     fine_variants = [default] + [v for v in (PREVIOUS_DEFAULT,) if args.compare and v != default]
     seeds, major_rel, fine_rel = [], [], []
     for seed in args.seeds:
@@ -506,7 +524,7 @@ def print_patchseq_model(res: dict[str, Any], threads: int, setting: str) -> Non
     n_genes = seeds[0]["major"][default]["shape"][0]
     seed_ids = "/".join(str(s["seed"]) for s in seeds)
     print(
-        f"\nfeature_relevance options compared (output/background/method), relevance by major class: "
+        f"\nfeature_relevance options compared (output/background/method/aggregate), relevance by major class: "
         f"{', '.join(res['variants'])}; default: {default}; previous default: {res['previous_default']}",
         flush=True,
     )
@@ -787,9 +805,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "n_cells_per_group": N_CELLS_PER_GROUP,
                 "top_n": TOP_N,
                 "stability_top_k": STABILITY_TOP_K,
-                "relevance": "feature_relevance(groupby='major') per variant (output/background/method); MET types "
+                "relevance": "feature_relevance(groupby='major') per variant (output/background/method/aggregate); MET types "
                 "(groupby=None) for the default and the previous default",
                 "compare": args.compare,
+                "aggregates": args.aggregates,
                 "compared_variants": ["/".join(v) for v in COMPARED],
                 "previous_default": "/".join(PREVIOUS_DEFAULT),
             },

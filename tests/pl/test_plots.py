@@ -172,6 +172,25 @@ def test_relevance_plot_subset_of_groups_unscaled(with_relevance, mpl_agg):
     np.testing.assert_allclose(ax.images[0].get_array(), [[1.0, 0.9, 0.8]])
 
 
+def test_relevance_dotplot_of_signed_relevance(with_relevance):
+    # aggregate="mean" writes signed relevance: dots are sized by the magnitude and coloured by the signed value
+    rel = with_relevance.mod["rna"].varm["unitednet_relevance"]
+    rel.loc["gene1", "alpha"] = -0.5
+    with_relevance.uns["unitednet"] = {"relevance_params": {"aggregate": "mean"}}
+    ax = un.pl.relevance(with_relevance, "rna", groups=["alpha"], n_top=2, kind="dotplot", standard_scale=False)
+    assert _ticks(ax.get_xticklabels()) == ["gene0", "gene2"]  # ranked from the most positive
+    dots = ax.collections[0]
+    np.testing.assert_allclose(dots.get_array(), [1.0, 0.8])
+    np.testing.assert_allclose(dots.get_sizes(), 10 + 140 * np.array([1.0, 0.8]))
+    assert ax.figure.axes[-1].get_ylabel() == "mean SHAP"
+    # every feature shown, the most negative one included: it gets the largest dot, and no size is negative
+    rel.loc["gene0", "alpha"] = -2.0
+    ax = un.pl.relevance(with_relevance, "rna", groups=["alpha"], n_top=24, kind="dotplot", standard_scale=False)
+    dots = ax.collections[0]
+    assert (dots.get_sizes() > 10).all()
+    assert dots.get_sizes()[np.argmin(dots.get_array())] == pytest.approx(150.0)
+
+
 def test_relevance_plot_title_names_the_explained_output(with_relevance):
     with_relevance.mod["rna"].varm["coarse"] = with_relevance.mod["rna"].varm["unitednet_relevance"].copy()
     uns = {"relevance_params": {"output": "log_odds", "background": "rest"}}

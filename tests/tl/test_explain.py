@@ -222,7 +222,7 @@ def test_feature_relevance_writes_varm_table_and_params(supervised, mdata):
         assert rel.shape == (n, len(predicted))
         assert rel.index.equals(mdata.mod[m].var_names)
         assert list(rel.columns) == predicted and set(rel.columns) <= set(GROUP_NAMES)
-        assert (rel.to_numpy() >= 0).all() and (rel.to_numpy() > 0).any()
+        assert np.isfinite(rel.to_numpy()).all() and (rel.to_numpy() != 0).any()
     table = mdata.uns["unitednet"]["relevance"]
     assert list(table.columns) == TIDY
     counts = table.groupby(["group", "modality"]).size()
@@ -238,15 +238,16 @@ def test_feature_relevance_writes_varm_table_and_params(supervised, mdata):
     # defaults: the log-odds of the cell's group against the others, with a one-vs-rest reference
     assert params["output"] == "log_odds" and params["background"] == "rest"
     assert params["explained_output"].startswith("log P(group) - log P(not group)")
+    assert params["aggregate"] == "mean"  # the signed mean of the SHAP values
     assert params["class_mapping"] == "identity"
     assert params["class_groups"] == GROUP_NAMES and params["class_names"] == GROUP_NAMES
 
 
-def _mean_abs_shap(model, mdata, wrapper, base, cells):
+def _mean_shap(model, mdata, wrapper, base, cells, absolute=False):
     values = _shap_values(
         _explainer("deep", wrapper, base), "deep", _tensors(model, mdata, ["rna", "atac"], cells), False
     )
-    return [np.abs(v[..., 0]).mean(0) for v in values]
+    return [(np.abs(v[..., 0]) if absolute else v[..., 0]).mean(0) for v in values]
 
 
 def _beta_cells(mdata):
@@ -265,6 +266,7 @@ def test_feature_relevance_is_mean_abs_shap_of_the_own_group_logit(supervised, m
         groupby="cell_type",
         output="logit",
         background="group_means",
+        aggregate="mean_abs",
         n_cells_per_group=1000,
         check_additivity=False,
     )
@@ -272,21 +274,59 @@ def test_feature_relevance_is_mean_abs_shap_of_the_own_group_logit(supervised, m
     assert list(rel["rna"].columns) == ["beta"]
     base = _background(supervised, ["rna", "atac"], "group_means", 100, np.random.default_rng(0))
     wrapper = _GroupScore(supervised, ["rna", "atac"], 1)
-    expected = _mean_abs_shap(supervised, query, wrapper, base, np.arange(query.n_obs))
+    expected = _mean_shap(supervised, query, wrapper, base, np.arange(query.n_obs), absolute=True)
     for m, e in zip(("rna", "atac"), expected, strict=True):
         np.testing.assert_allclose(rel[m]["beta"].to_numpy(), e, rtol=1e-4, atol=1e-7)
     assert query.uns["unitednet"]["relevance_params"]["explained_output"] == "logit of the cell's own group"
 
 
-def test_feature_relevance_default_is_mean_abs_shap_of_the_log_odds_against_the_rest(supervised, mdata):
+def test_feature_relevance_default_is_mean_shap_of_the_log_odds_against_the_rest(supervised, mdata):
     query = _beta_cells(mdata)
     un.tl.feature_relevance(supervised, query, groupby="cell_type", n_cells_per_group=1000, check_additivity=False)
     rest = _rest_backgrounds(supervised, ["rna", "atac"], {g: g for g in GROUP_NAMES}, ["beta"])["beta"]
     assert rest[0].shape[0] == 2  # the alpha and gamma means
     wrapper = _ClassScore(supervised, ["rna", "atac"], [1], "log_odds", shift=0.0)
-    expected = _mean_abs_shap(supervised, query, wrapper, rest, np.arange(query.n_obs))
+    expected = _mean_shap(supervised, query, wrapper, rest, np.arange(query.n_obs))
     for m, e in zip(("rna", "atac"), expected, strict=True):
-        np.testing.assert_allclose(query.mod[m].varm["unitednet_relevance"]["beta"].to_numpy(), e, rtol=1e-4, atol=1e-7)
+        actual = query.mod[m].varm["unitednet_relevance"]["beta"].to_numpy()
+        np.testing.assert_allclose(actual, e, rtol=1e-4, atol=1e-4 * np.abs(e).max())
+
+
+def test_feature_relevance_signed_mean_adds_up_to_the_mean_evidence_gap(supervised, mdata):
+    # aggregate="mean": the signed mean SHAP value of each feature over the group's cells; summed over the features
+    # of all modalities it is the group's mean log-odds minus the mean over its references (DeepLIFT's additivity)
+    query = _beta_cells(mdata)
+    kwargs = {"groupby": "cell_type", "n_cells_per_group": 1000, "check_additivity": False}
+    un.tl.feature_relevance(supervised, query, aggregate="mean", **kwargs)
+    signed = {m: query.mod[m].varm["unitednet_relevance"]["beta"].to_numpy() for m in ("rna", "atac")}
+    rest = _rest_backgrounds(supervised, ["rna", "atac"], {g: g for g in GROUP_NAMES}, ["beta"])["beta"]
+    wrapper = _ClassScore(supervised, ["rna", "atac"], [1], "log_odds", shift=0.0)
+    xs = _tensors(supervised, query, ["rna", "atac"], np.arange(query.n_obs))
+    values = _shap_values(_explainer("deep", wrapper, rest), "deep", xs, False)
+    for m, v in zip(("rna", "atac"), values, strict=True):
+        np.testing.assert_allclose(signed[m], v[..., 0].mean(0), rtol=1e-4, atol=1e-7)
+    with torch.no_grad():
+        gap = float(wrapper(*xs)[:, 0].double().mean() - wrapper(*rest)[:, 0].double().mean())
+    assert abs(gap) > 1e-3  # the check is not vacuous
+    np.testing.assert_allclose(sum(v.sum() for v in signed.values()), gap, rtol=1e-3, atol=1e-5)
+    # features can push against the group: the signed relevance has both signs, and the tidy table ranks the most
+    # positive first
+    assert (signed["rna"] < 0).any() and (signed["rna"] > 0).any()
+    table = query.uns["unitednet"]["relevance"]
+    top = table[(table["group"] == "beta") & (table["modality"] == "rna")]
+    assert top["relevance"].iloc[0] == signed["rna"].max()
+    params = query.uns["unitednet"]["relevance_params"]
+    assert params["aggregate"] == "mean" and params["relevance"].startswith("mean (signed) SHAP value")
+    # the absolute summary is never below the signed one, and equals it where every cell's value has one sign
+    un.tl.feature_relevance(supervised, query, aggregate="mean_abs", key_added="abs", **kwargs)
+    absolute = query.mod["rna"].varm["abs"]["beta"].to_numpy()
+    assert (absolute >= np.abs(signed["rna"]) - 1e-7).all()
+    assert query.uns["unitednet"]["abs_params"]["aggregate"] == "mean_abs"
+
+
+def test_feature_relevance_rejects_an_unknown_aggregate(supervised):
+    with pytest.raises(ValueError, match=r"aggregate must be one of \['mean_abs', 'mean'\], got 'median'"):
+        un.tl.feature_relevance(supervised, aggregate="median")
 
 
 def test_feature_relevance_of_classes(supervised, mdata):
@@ -309,9 +349,10 @@ def test_feature_relevance_of_classes(supervised, mdata):
     for cls, members in (("ab", [0, 1]), ("g", [2])):
         cells = np.flatnonzero((query.obs["coarse"] == cls).to_numpy())
         wrapper = _ClassScore(supervised, ["rna", "atac"], members, "log_odds", shift=0.0)
-        expected = _mean_abs_shap(supervised, query, wrapper, rest[cls], cells)
+        expected = _mean_shap(supervised, query, wrapper, rest[cls], cells)
         for m, e in zip(("rna", "atac"), expected, strict=True):
-            np.testing.assert_allclose(rel[m][cls].to_numpy(), e, rtol=1e-4, atol=1e-7)
+            # signed means cancel: float32 rounding is compared to the largest value
+            np.testing.assert_allclose(rel[m][cls].to_numpy(), e, rtol=1e-4, atol=1e-4 * np.abs(e).max())
     # the same mapping given explicitly gives the same relevance
     un.tl.feature_relevance(supervised, query, classes=COARSE, key_added="given", **kwargs)
     pd.testing.assert_frame_equal(query.mod["rna"].varm["given"], rel["rna"], rtol=1e-6)
@@ -358,7 +399,7 @@ def test_feature_relevance_gradient_method(supervised, mdata):
     un.tl.feature_relevance(supervised, **kwargs)
     rel = mdata.mod["rna"].varm["unitednet_relevance"].copy()
     assert list(rel.columns) == GROUP_NAMES and rel.shape == (24, 3)
-    assert np.isfinite(rel.to_numpy()).all() and (rel.to_numpy() >= 0).all() and (rel.to_numpy() > 0).any()
+    assert np.isfinite(rel.to_numpy()).all() and (rel.to_numpy() != 0).any()
     assert mdata.uns["unitednet"]["relevance_params"]["method"] == "gradient"
     # expected gradients sample reference cells and path points: random_state makes them reproducible
     un.tl.feature_relevance(supervised, **kwargs)

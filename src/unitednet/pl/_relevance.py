@@ -41,7 +41,8 @@ def relevance(
     n_top
         Top features per group; the columns are their union, in group order.
     kind
-        ``"heatmap"`` or ``"dotplot"`` (dot size and colour: relevance).
+        ``"heatmap"`` or ``"dotplot"`` (dot colour: relevance; dot size: its magnitude, which for the signed relevance
+        of ``aggregate="mean"`` is the absolute value).
     standard_scale
         Scale each feature's relevance to [0, 1] across groups (scanpy's ``standard_scale="var"``).
     ax
@@ -76,18 +77,18 @@ def relevance(
         im = ax.imshow(values, aspect="auto", cmap=cmap)
     else:
         yy, xx = np.meshgrid(range(len(groups)), range(len(features)), indexing="ij")
-        im = ax.scatter(
-            xx.ravel(), yy.ravel(), s=10 + 140 * values.ravel() / max(values.max(), 1e-12), c=values.ravel(), cmap=cmap
-        )
+        size = np.abs(values.ravel())
+        im = ax.scatter(xx.ravel(), yy.ravel(), s=10 + 140 * size / max(size.max(), 1e-12), c=values.ravel(), cmap=cmap)
         ax.set_xlim(-0.5, len(features) - 0.5)
         ax.set_ylim(len(groups) - 0.5, -0.5)
     ax.set_xticks(range(len(features)), features, rotation=90, fontsize=7)
     ax.set_yticks(range(len(groups)), groups, fontsize=7)
-    ax.figure.colorbar(im, ax=ax, label="relevance (scaled)" if standard_scale else "mean |SHAP|", shrink=0.6)
-    title = f"{modality}: top {n_top} features per group"
     params = mdata.uns.get(RESULT_KEYS.UNS, {}).get(
         "relevance_params" if key == RESULT_KEYS.RELEVANCE else f"{key}_params", {}
     )
+    unscaled = "mean SHAP" if params.get("aggregate") == "mean" else "mean |SHAP|"
+    ax.figure.colorbar(im, ax=ax, label="relevance (scaled)" if standard_scale else unscaled, shrink=0.6)
+    title = f"{modality}: top {n_top} features per group"
     if "output" in params and "background" in params:
         title += f"\n(output {params['output']}, background {params['background']})"
     ax.set_title(title)

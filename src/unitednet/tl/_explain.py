@@ -25,9 +25,15 @@ Method = Literal["deep", "gradient"]
 Output = Literal["log_odds", "log_proba", "logit"]
 Background = Literal["rest", "group_means", "sample"]
 TranslationBackground = Literal["group_means", "sample"]
+Aggregate = Literal["mean_abs", "mean"]
 
 _OUTPUTS = ("log_odds", "log_proba", "logit")
 _BACKGROUNDS = ("rest", "group_means", "sample")
+_AGGREGATES = ("mean_abs", "mean")
+_AGGREGATE_WORDS = {
+    "mean_abs": "mean absolute SHAP value over the group's sampled cells",
+    "mean": "mean (signed) SHAP value over the group's sampled cells; ranked from the most positive",
+}
 _EXPLAINED_OUTPUT = {
     "log_odds": "log P(group) - log P(not group): log-sum-exp of the logits of the model's groups in the explained "
     "group minus log-sum-exp of the other groups' logits",
@@ -445,13 +451,14 @@ def feature_relevance(
     background: Background = "rest",
     n_background: int = 100,
     method: Method = "deep",
+    aggregate: Aggregate = "mean",
     n_top: int = 50,
     key_added: str = RESULT_KEYS.RELEVANCE,
     random_state: int = 0,
     check_additivity: bool = True,
     copy: bool = False,
 ) -> MuData | None:
-    r"""Group-to-feature relevance: mean absolute SHAP value of each feature for the cells of each group.
+    r"""Group-to-feature relevance: mean SHAP value of each feature for the cells of each group.
 
     SHAP values of the classification path (encoders -> fusion -> projector -> group head) are computed for a
     stratified sample of cells of each explained group. The explained groups are the model's groups (predicted, or the
@@ -488,8 +495,19 @@ def feature_relevance(
       group's own groups included);
     - ``"sample"``: ``n_background`` random training cells.
 
-    The relevance of feature :math:`j` for :math:`G` is :math:`\frac{1}{|S_G|}\sum_{i \in S_G} |\phi_j(x_i)|` over the
-    sampled cells :math:`S_G`.
+    **Relevance.** With SHAP values :math:`\phi_j(x_i)` of the sampled cells :math:`S_G` of :math:`G`:
+
+    - ``"mean"`` (default): :math:`r_j = \frac{1}{|S_G|}\sum_{i \in S_G} \phi_j(x_i)`, ranked from the most positive.
+      It is the feature's share of the group's mean evidence gap: with ``method="deep"`` the :math:`r_j` of all
+      explained features (of every modality) add up to the mean output of the group's cells minus the mean output of
+      the reference. A feature that pushes some of the group's cells towards :math:`G` and others away from it (one
+      that separates the group's own fine types) cancels out; a negative :math:`r_j` is evidence against :math:`G`;
+    - ``"mean_abs"``: :math:`\frac{1}{|S_G|}\sum_{i \in S_G} |\phi_j(x_i)|`, how strongly the feature moves the output
+      in either direction (SHAP's usual global importance), not additive.
+
+    On Patch-seq, the signed mean put the class markers (Sst, Pvalb, Vip, Lamp5) of the package-default model in the
+    top 10 of their class for 18 of 24 seed-class pairs over six seeds, against 15 with ``"mean_abs"``, and its top
+    20 agreed more across seeds (mean Jaccard index 0.35 against 0.33; ``benchmarks/explain.py``).
 
     **The model explained.** The relevance describes what the trained network reads, which need not be every feature
     that separates the groups in the data. On Patch-seq, a model trained with batch normalisation in every hidden
@@ -532,8 +550,10 @@ def feature_relevance(
         ``"gradient"`` (GradientExplainer: expected gradients, additive in expectation only). Models with layer
         normalisation in their encoders or heads (``norm="layer"``, or ``"layer"`` for those parts of a ``norm``
         mapping) need ``"gradient"``; layer normalisation in the decoders only is not on this path.
+    aggregate
+        ``"mean"`` (signed) or ``"mean_abs"`` summary of the SHAP values over the group's cells (see above).
     n_top
-        Features per group and modality kept in the tidy table.
+        Features per group and modality kept in the tidy table (the largest relevance first).
     key_added
         varm key of the relevance matrices.
     random_state
@@ -547,14 +567,15 @@ def feature_relevance(
     -------
     The copy when ``copy=True``, else ``None``. Writes:
 
-    - ``mdata.mod[m].varm[key_added]``: DataFrame features x explained groups of mean absolute SHAP value for each
-      explained modality;
+    - ``mdata.mod[m].varm[key_added]``: DataFrame features x explained groups of relevance (mean SHAP value, or mean
+      absolute SHAP value with ``aggregate="mean_abs"``) for each explained modality;
     - ``mdata.uns["unitednet"]["relevance"]`` (``[key_added]`` when it is not the default): tidy DataFrame with
       columns ``group``, ``modality``, ``feature``, ``relevance``, ``rank`` (the ``n_top`` features of each group
       and modality, ranked within the modality);
     - ``mdata.uns["unitednet"]["relevance_params"]`` (``f"{key_added}_params"``): the settings used, the explained
-      output in words, and the class of each of the model's groups (``class_groups`` / ``class_names``, two aligned
-      lists; ``class_mapping`` says whether it was ``"given"``, ``"identity"`` or derived by ``"majority"``).
+      output and the relevance in words, and the class of each of the model's groups (``class_groups`` /
+      ``class_names``, two aligned lists; ``class_mapping`` says whether it was ``"given"``, ``"identity"`` or derived
+      by ``"majority"``).
     """
     model._check_trained()
     if model.module.heads is None:
@@ -563,6 +584,8 @@ def feature_relevance(
         raise ValueError(f"output must be one of {list(_OUTPUTS)}, got {output!r}.")
     if background not in _BACKGROUNDS:
         raise ValueError(f"background must be one of {list(_BACKGROUNDS)}, got {background!r}.")
+    if aggregate not in _AGGREGATES:
+        raise ValueError(f"aggregate must be one of {list(_AGGREGATES)}, got {aggregate!r}.")
     # the explained output: encoders -> fusion (no normalisation) -> group head
     _check_method(model, method, {"encoders": model.module.encoders, "heads": model.module.heads})
     out = _target(model, mdata, copy)
@@ -642,7 +665,7 @@ def feature_relevance(
                 )
             for m, v in zip(present, values, strict=True):
                 if m in totals:
-                    totals[m] += np.abs(v[..., 0]).sum(0)
+                    totals[m] += (np.abs(v[..., 0]) if aggregate == "mean_abs" else v[..., 0]).sum(0)
         for m in explained:
             sums[m][group] = totals[m] / len(idx)
     order = sorted(samples, key=lambda G: (min(members[G], default=len(names)), G))
@@ -675,7 +698,9 @@ def feature_relevance(
         "output": output,
         "background": background,
         "method": method,
+        "aggregate": aggregate,
         "explained_output": _EXPLAINED_OUTPUT[output],
+        "relevance": _AGGREGATE_WORDS[aggregate],
         "class_mapping": mapping_source,
         "class_groups": mapped,
         "class_names": [class_of_group[g] for g in mapped],
