@@ -189,6 +189,12 @@ def test_relevance_dotplot_of_signed_relevance(with_relevance):
     dots = ax.collections[0]
     assert (dots.get_sizes() > 10).all()
     assert dots.get_sizes()[np.argmin(dots.get_array())] == pytest.approx(150.0)
+    # negative values shown unscaled: a diverging map centred on zero (unless a map is given)
+    assert dots.get_cmap().name == "RdBu_r" and dots.get_clim() == (-2.0, 2.0)
+    ax = un.pl.relevance(with_relevance, "rna", groups=["alpha"], n_top=24, standard_scale=False, cmap="viridis")
+    assert ax.images[0].get_cmap().name == "viridis" and ax.images[0].get_clim() == (-2.0, 2.0)
+    # scaled to [0, 1], or with no negative value: the sequential default
+    assert un.pl.relevance(with_relevance, "rna", n_top=2).images[0].get_cmap().name == "Reds"
 
 
 def test_relevance_plot_title_names_the_explained_output(with_relevance):

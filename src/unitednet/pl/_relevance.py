@@ -21,7 +21,7 @@ def relevance(
     kind: str = "heatmap",
     standard_scale: bool = True,
     ax: Axes | None = None,
-    cmap: str = "Reds",
+    cmap: str | None = None,
 ) -> Axes:
     """Top features per group from :func:`unitednet.tl.feature_relevance`, as a heatmap or a dot plot.
 
@@ -48,7 +48,8 @@ def relevance(
     ax
         Axes to draw into.
     cmap
-        Colour map.
+        Colour map. By default ``"Reds"``; for unscaled relevance with negative values (the signed mean of
+        ``aggregate="mean"``, evidence against a group) ``"RdBu_r"``, centred on zero.
 
     Returns
     -------
@@ -73,12 +74,20 @@ def relevance(
     if ax is None:
         _, ax = plt.subplots(figsize=(0.28 * len(features) + 2.5, 0.3 * len(groups) + 1.5))
     values = mat.to_numpy()
+    limits = {}
+    if values.min() < 0:  # signed and unscaled: a diverging map, symmetric about zero
+        cmap = cmap or "RdBu_r"
+        bound = float(np.abs(values).max())
+        limits = {"vmin": -bound, "vmax": bound}
+    cmap = cmap or "Reds"
     if kind == "heatmap":
-        im = ax.imshow(values, aspect="auto", cmap=cmap)
+        im = ax.imshow(values, aspect="auto", cmap=cmap, **limits)
     else:
         yy, xx = np.meshgrid(range(len(groups)), range(len(features)), indexing="ij")
         size = np.abs(values.ravel())
-        im = ax.scatter(xx.ravel(), yy.ravel(), s=10 + 140 * size / max(size.max(), 1e-12), c=values.ravel(), cmap=cmap)
+        im = ax.scatter(
+            xx.ravel(), yy.ravel(), s=10 + 140 * size / max(size.max(), 1e-12), c=values.ravel(), cmap=cmap, **limits
+        )
         ax.set_xlim(-0.5, len(features) - 0.5)
         ax.set_ylim(len(groups) - 0.5, -0.5)
     ax.set_xticks(range(len(features)), features, rotation=90, fontsize=7)
