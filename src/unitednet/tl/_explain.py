@@ -749,7 +749,8 @@ def cross_modal_relevance(
         without trained group heads).
     target_features
         Target features to explain for every group. By default each group's ``n_target_features`` most relevant
-        target features from ``mdata.mod[target].varm[relevance_key]`` (run :func:`feature_relevance` first).
+        target features from ``mdata.mod[target].varm[relevance_key]`` (run :func:`feature_relevance` first): the
+        largest values, i.e. with the default signed relevance the features with the most evidence *for* the group.
     n_target_features
         Target features per group when ``target_features`` is not given.
     relevance_key
