@@ -498,9 +498,9 @@ def feature_relevance(
     **Relevance.** With SHAP values :math:`\phi_j(x_i)` of the sampled cells :math:`S_G` of :math:`G`:
 
     - ``"mean"`` (default): :math:`r_j = \frac{1}{|S_G|}\sum_{i \in S_G} \phi_j(x_i)`, ranked from the most positive.
-      It is the feature's share of the group's mean evidence gap: with ``method="deep"`` the :math:`r_j` of all
-      explained features (of every modality) add up to the mean output of the group's cells minus the mean output of
-      the reference. A feature that pushes some of the group's cells towards :math:`G` and others away from it (one
+      It is the feature's share of the group's mean evidence gap: with ``method="deep"`` the :math:`r_j` of every
+      feature of every modality add up to the mean output of the group's cells minus the mean output of the
+      reference (a ``modalities`` subset shows part of that sum). A feature that pushes some of the group's cells towards :math:`G` and others away from it (one
       that separates the group's own fine types) cancels out; a negative :math:`r_j` is evidence against :math:`G`;
     - ``"mean_abs"``: :math:`\frac{1}{|S_G|}\sum_{i \in S_G} |\phi_j(x_i)|`, how strongly the feature moves the output
       in either direction (SHAP's usual global importance), not additive.
