@@ -29,11 +29,11 @@ Aggregate = Literal["mean_abs", "mean"]
 
 _OUTPUTS = ("log_odds", "log_proba", "logit")
 _BACKGROUNDS = ("rest", "group_means", "sample")
-_AGGREGATES = ("mean_abs", "mean")
 _AGGREGATE_WORDS = {
     "mean_abs": "mean absolute SHAP value over the group's sampled cells",
     "mean": "mean (signed) SHAP value over the group's sampled cells; ranked from the most positive",
 }
+_AGGREGATES = tuple(_AGGREGATE_WORDS)
 _EXPLAINED_OUTPUT = {
     "log_odds": "log P(group) - log P(not group): log-sum-exp of the logits of the model's groups in the explained "
     "group minus log-sum-exp of the other groups' logits",
